@@ -1,0 +1,137 @@
+//! `/admin/overrides` and `/admin/audit`.
+
+use std::sync::Arc;
+
+use poem::{web::Data, Request};
+use poem_openapi::{param::Query, payload::Json, Object, OpenApi};
+use serde_json::Value;
+
+use super::{actor, auth::AdminAuth, error::ApiError, ApiTags, AppState};
+
+pub struct AdminApi;
+
+/// The overrides file as last loaded.
+#[derive(Debug, Clone, Object)]
+pub struct OverridesInfo {
+    pub path: String,
+    /// Content hash of the file in effect; `""` when there is no file.
+    pub revision: String,
+    /// RFC 3339 time of the last successful load.
+    #[oai(skip_serializing_if_is_none)]
+    pub loaded_at: Option<String>,
+    /// `ok`, or `error` when the last load failed (the last good overrides stay).
+    pub status: String,
+    /// The error of the last load.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+    /// The overrides in effect.
+    pub effective: Value,
+}
+
+/// One admin change.
+#[derive(Debug, Clone, Object)]
+pub struct AuditRecord {
+    /// Increasing; pass the smallest seen as `before` for the next page.
+    pub id: i64,
+    pub at: String,
+    /// `node.create`, `node.replace`, `node.update`, `node.delete`,
+    /// `strategy.put`, `strategy.delete`, `routing.switch`, `overrides.reload`.
+    pub action: String,
+    pub target: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub before: Option<Value>,
+    #[oai(skip_serializing_if_is_none)]
+    pub after: Option<Value>,
+    pub request_id: String,
+}
+
+fn overrides_info(state: &AppState) -> OverridesInfo {
+    let s = state.ctl.overrides_status();
+    OverridesInfo {
+        path: s.path.display().to_string(),
+        revision: s.revision.clone(),
+        loaded_at: s.loaded_at.clone(),
+        status: if s.error.is_some() { "error" } else { "ok" }.into(),
+        error: s.error.clone(),
+        effective: serde_json::to_value(&*s.effective).unwrap_or(Value::Null),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Overrides")]
+impl AdminApi {
+    /// Show the overrides file's state
+    #[oai(
+        path = "/admin/overrides",
+        method = "get",
+        operation_id = "get_overrides"
+    )]
+    async fn overrides(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&Arc<AppState>>,
+    ) -> Json<OverridesInfo> {
+        Json(overrides_info(&state))
+    }
+
+    /// Reload the overrides file now
+    ///
+    /// 400 with the parse or validation error when the file is invalid; the
+    /// last good overrides stay in effect.
+    #[oai(
+        path = "/admin/overrides/reload",
+        method = "post",
+        operation_id = "reload_overrides"
+    )]
+    async fn reload(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&Arc<AppState>>,
+        req: &Request,
+    ) -> Result<Json<OverridesInfo>, ApiError> {
+        state
+            .ctl
+            .reload_overrides(&actor(req))
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_overrides", e))?;
+        Ok(Json(overrides_info(&state)))
+    }
+
+    /// Page through the audit trail, newest first
+    #[oai(
+        path = "/admin/audit",
+        method = "get",
+        operation_id = "list_audit",
+        tag = "ApiTags::Audit"
+    )]
+    async fn audit(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&Arc<AppState>>,
+        /// 1..=1000, default 100.
+        limit: Query<Option<u32>>,
+        /// Only entries with an id below this.
+        before: Query<Option<i64>>,
+    ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit: must be 1..=1000, got {limit}"),
+            ));
+        }
+        let rows = state.ctl.audit_page(limit, before.0).await?;
+        Ok(Json(
+            rows.into_iter()
+                .map(|r| AuditRecord {
+                    id: r.id,
+                    at: r.at,
+                    action: r.action,
+                    target: r.target,
+                    before: r.before,
+                    after: r.after,
+                    request_id: r.request_id,
+                })
+                .collect(),
+        ))
+    }
+}

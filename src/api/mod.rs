@@ -1,0 +1,240 @@
+//! The HTTP layer: poem-openapi handlers that parse, authorize and translate.
+//! **Architecture invariant:** no SQL and no hashing here; handlers call the
+//! control plane for writes and read the routing snapshot for routes.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod nodes;
+pub mod ops;
+pub mod route;
+pub mod strategies;
+pub mod uids;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use poem::{
+    http::HeaderValue, middleware::CatchPanic, Body, Endpoint, EndpointExt, IntoEndpoint,
+    IntoResponse, Request, Response, Route,
+};
+use poem_openapi::{OpenApiService, Tags};
+use tracing::Instrument;
+
+use crate::{
+    control::Controller,
+    metrics::{endpoint_of, EndpointMetrics, ENDPOINTS},
+    store::Actor,
+};
+use error::{error_response, ApiError};
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Which node a user should connect to. No authentication.
+    Routing,
+    /// Gateway nodes (bearer token).
+    Nodes,
+    /// Routing strategies and the active one (bearer token).
+    Strategies,
+    /// The hot-reloaded overrides file (bearer token).
+    Overrides,
+    /// Every admin change (bearer token).
+    Audit,
+    /// Liveness, readiness, metrics.
+    Operations,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub ctl: Arc<Controller>,
+    pub token: String,
+}
+
+pub type Apis = (
+    route::RouteApi,
+    nodes::NodesApi,
+    strategies::StrategiesApi,
+    admin::AdminApi,
+    ops::OpsApi,
+);
+
+/// The one OpenAPI service, used both to serve and to print the spec.
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            route::RouteApi,
+            nodes::NodesApi,
+            strategies::StrategiesApi,
+            admin::AdminApi,
+            ops::OpsApi,
+        ),
+        "imroute",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Tells IM clients which gateway node to connect to. `POST /route/batch` groups users \
+         by node (WuKongIM's response shape); the admin API manages nodes and strategies.",
+    )
+}
+
+/// The spec as served at `/openapi.yaml` and printed by `imroute openapi`.
+pub fn openapi_yaml() -> String {
+    openapi_service().spec_yaml()
+}
+
+/// `If-Match: "3"` (or `3`, or `W/"3"`) -> version 3; `*` or absent -> none.
+pub fn if_match(header: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = header else { return Ok(None) };
+    let v = raw.trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    v.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "If-Match: must be a version such as \"3\", got {:?}",
+                crate::model::truncate(raw)
+            ),
+        )
+    })
+}
+
+/// The request id of a request, set by the observe middleware.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+pub fn actor(req: &Request) -> Actor {
+    Actor {
+        request_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+    }
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn request_id(req: &Request) -> String {
+    if let Some(v) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_owned();
+        }
+    }
+    // Unique within the process and unlikely to repeat across processes.
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        u32::from_le_bytes(b)
+    });
+    format!(
+        "{prefix:08x}-{:012x}",
+        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Reads the body into memory up to the limit (413 past it, with or without
+/// Content-Length) so no handler ever sees an oversized body.
+async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem::Result<Response> {
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is over the limit of {max} bytes"),
+        )
+        .into());
+    }
+    let body = req.take_body();
+    let bytes = body.into_bytes_limit(max).await.map_err(|e| match e {
+        poem::error::ReadBodyError::PayloadTooLarge => ApiError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is over the limit of {max} bytes"),
+        ),
+        _ => ApiError::bad_request("invalid_body", "cannot read the request body"),
+    })?;
+    req.set_body(Body::from_bytes(bytes));
+    Ok(next.call(req).await?.into_response())
+}
+
+/// Request id, tracing span, metrics and access log around everything.
+async fn observe<E: Endpoint>(
+    next: E,
+    mut req: Request,
+    metrics: Arc<HashMap<&'static str, EndpointMetrics>>,
+    ctl: Arc<Controller>,
+) -> poem::Result<Response> {
+    let start = Instant::now();
+    let endpoint = endpoint_of(req.uri().path());
+    let rid = request_id(&req);
+    req.extensions_mut().insert(RequestId(rid.clone()));
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", request_id = %rid);
+    let mut resp = next
+        .call(req)
+        .instrument(span.clone())
+        .await?
+        .into_response();
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    if let Some(m) = metrics.get(endpoint) {
+        m.duration.observe(elapsed.as_secs_f64());
+        if status == 200 {
+            m.ok.inc();
+        } else {
+            ctl.metrics
+                .http_requests
+                .with_label_values(&[m.endpoint, &status.to_string()])
+                .inc();
+        }
+    }
+    span.in_scope(|| {
+        tracing::debug!(%method, endpoint, status, micros = elapsed.as_micros() as u64, "Request served");
+    });
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// The whole HTTP application.
+pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
+    let service = openapi_service();
+    let max_body = state.ctl.limits.max_body_bytes;
+    let endpoint_metrics: Arc<HashMap<&'static str, EndpointMetrics>> = Arc::new(
+        ENDPOINTS
+            .iter()
+            .map(|e| (*e, state.ctl.metrics.endpoint(e)))
+            .collect(),
+    );
+    let ctl = state.ctl.clone();
+    Route::new()
+        .nest("/docs", service.swagger_ui())
+        .at("/openapi.json", service.spec_endpoint())
+        .at("/openapi.yaml", service.spec_endpoint_yaml())
+        .nest("/", service)
+        .around(move |next, req| limit_body(next, req, max_body))
+        .with(CatchPanic::new().with_handler(|_| ApiError::internal().into_response()))
+        .catch_all_error(|err| async move { error_response(err) })
+        .data(state)
+        .around(move |next, req| observe(next, req, endpoint_metrics.clone(), ctl.clone()))
+        .into_endpoint()
+}

@@ -1,0 +1,237 @@
+//! Parsing and validating the uid batch of `POST /route/batch` in one pass over
+//! the body, borrowing uids from it where they need no unescaping. Errors say
+//! which uid was wrong and why.
+
+use std::{borrow::Cow, cell::RefCell, fmt};
+
+use poem::http::StatusCode;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+
+use super::error::ApiError;
+use crate::config::Limits;
+
+/// Parses `["u1","u2",...]` under `limits`.
+pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Cow<'a, str>>, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let what = match first {
+        Some(b'[') => None,
+        Some(b'{') => Some("an object"),
+        Some(b'"') => Some("a string"),
+        Some(b'n') => Some("null"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'-' | b'0'..=b'9') => Some("a number"),
+        Some(_) => Some("not JSON"),
+        None => Some("empty"),
+    };
+    if let Some(what) = what {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("body must be a JSON array of strings, got {what}"),
+        ));
+    }
+    let failure = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = de
+        .deserialize_seq(BatchVisitor {
+            limits,
+            failure: &failure,
+        })
+        .and_then(|v| de.end().map(|_| v));
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(e) => Err(failure.into_inner().unwrap_or_else(|| {
+            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+        })),
+    }
+}
+
+struct BatchVisitor<'l> {
+    limits: &'l Limits,
+    failure: &'l RefCell<Option<ApiError>>,
+}
+
+impl<'de> Visitor<'de> for BatchVisitor<'_> {
+    type Value = Vec<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of strings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(self.limits.max_batch));
+        loop {
+            let index = out.len();
+            let seed = UidSeed {
+                index,
+                limits: self.limits,
+                failure: self.failure,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(uid) => {
+                    if index == self.limits.max_batch {
+                        *self.failure.borrow_mut() = Some(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "batch_too_large",
+                            format!("batch has more than {} uids", self.limits.max_batch),
+                        ));
+                        return Err(de::Error::custom("batch too large"));
+                    }
+                    out.push(uid);
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+struct UidSeed<'l> {
+    index: usize,
+    limits: &'l Limits,
+    failure: &'l RefCell<Option<ApiError>>,
+}
+
+impl UidSeed<'_> {
+    fn fail<E: de::Error>(&self, code: &'static str, why: String) -> E {
+        *self.failure.borrow_mut() = Some(ApiError::bad_request(
+            code,
+            format!("uid at index {} {why}", self.index),
+        ));
+        E::custom("invalid uid")
+    }
+
+    fn check<'de, E: de::Error>(&self, uid: Cow<'de, str>) -> Result<Cow<'de, str>, E> {
+        if uid.is_empty() {
+            return Err(self.fail("invalid_uid", "is empty".into()));
+        }
+        if uid.len() > self.limits.max_uid_bytes {
+            return Err(self.fail(
+                "invalid_uid",
+                format!(
+                    "is {} bytes, over the limit of {}",
+                    uid.len(),
+                    self.limits.max_uid_bytes
+                ),
+            ));
+        }
+        if uid.chars().any(char::is_control) {
+            return Err(self.fail("invalid_uid", "contains a control character".into()));
+        }
+        Ok(uid)
+    }
+
+    fn wrong<E: de::Error>(&self, what: &str) -> E {
+        self.fail("invalid_uid", format!("must be a string, got {what}"))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UidSeed<'_> {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        // `deserialize_any` so that every JSON type reaches a visit method and
+        // the error can say what was found.
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UidSeed<'_> {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a uid string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.check(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.check(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        self.check(Cow::Owned(v))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(self.wrong("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(self.wrong("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an array"))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Vec<String>, (u16, &'static str, String)> {
+        parse_batch(s.as_bytes(), &Limits::default())
+            .map(|v| v.into_iter().map(|c| c.into_owned()).collect())
+            .map_err(|e| (e.status.as_u16(), e.code, e.msg))
+    }
+
+    #[test]
+    fn accepts_arrays_of_strings_and_unescapes() {
+        assert_eq!(
+            parse(r#" ["a", "b\"c", "é"] "#).unwrap(),
+            vec!["a", "b\"c", "é"]
+        );
+        assert_eq!(parse("[]").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_the_bad_uid() {
+        assert_eq!(
+            parse(r#"["a","b","c",""]"#).unwrap_err().2,
+            "uid at index 3 is empty"
+        );
+        assert_eq!(
+            parse(r#"["a",5]"#).unwrap_err().2,
+            "uid at index 1 must be a string, got a number"
+        );
+        assert_eq!(
+            parse(r#"["a",["b"]]"#).unwrap_err().2,
+            "uid at index 1 must be a string, got an array"
+        );
+        assert_eq!(
+            parse(r#"["a\u0000"]"#).unwrap_err().2,
+            "uid at index 0 contains a control character"
+        );
+        let long = format!(r#"["{}"]"#, "x".repeat(257));
+        assert_eq!(
+            parse(&long).unwrap_err().2,
+            "uid at index 0 is 257 bytes, over the limit of 256"
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_array() {
+        assert_eq!(parse(r#"{"a":1}"#).unwrap_err().1, "invalid_body");
+        assert_eq!(parse("").unwrap_err().1, "invalid_body");
+        assert_eq!(parse(r#"["a""#).unwrap_err().1, "invalid_json");
+        assert_eq!(parse(r#"["a"] x"#).unwrap_err().1, "invalid_json");
+    }
+
+    #[test]
+    fn counts_against_the_batch_limit() {
+        let limits = Limits {
+            max_batch: 2,
+            ..Limits::default()
+        };
+        assert!(parse_batch(br#"["a","b"]"#, &limits).is_ok());
+        let err = parse_batch(br#"["a","b","c"]"#, &limits).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (413, "batch_too_large"));
+    }
+}

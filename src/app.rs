@@ -1,0 +1,141 @@
+//! Builds the application from a config and runs it.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use poem::{
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+    Server,
+};
+
+use crate::{
+    api::{auth::generate_token, build_app, AppState},
+    config::Config,
+    control::Controller,
+    health,
+    metrics::Metrics,
+    overrides::watcher,
+    store::{SqliteStore, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot watch the overrides file: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+pub struct Application {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Application {
+    /// Opens the store, builds the first routing table, starts the watcher and
+    /// health tasks, and binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> Result<Application, AppError> {
+        tracing::info!(config = ?config.redacted(), "Starting imroute {}", env!("CARGO_PKG_VERSION"));
+        let store = SqliteStore::open(&config.database_url).await?;
+        let metrics = Arc::new(Metrics::new());
+        let ctl = Controller::start(&config, Arc::new(store), metrics).await?;
+        let token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let token = generate_token();
+                tracing::warn!(
+                    admin_token = %token,
+                    "No admin token configured (IMROUTE_ADMIN_TOKEN or admin_token); generated one for this run"
+                );
+                token
+            }
+        };
+        let watcher = watcher::spawn(ctl.clone())?;
+        watcher::spawn_sighup(ctl.clone());
+        health::monitor::spawn(
+            ctl.clone(),
+            Duration::from_secs(config.health.heartbeat_ttl_secs),
+        );
+        let acceptor = TcpListener::bind(config.listen.clone())
+            .into_acceptor()
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| AppError::Listen {
+                addr: config.listen.clone(),
+                source: std::io::Error::other("no local address"),
+            })?;
+        tracing::info!(%addr, "Listening");
+        Ok(Application {
+            acceptor,
+            addr,
+            state: Arc::new(AppState { ctl, token }),
+            _watcher: watcher,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.state.token
+    }
+
+    pub fn controller(&self) -> Arc<Controller> {
+        self.state.ctl.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// requests in flight finish (up to 30 s).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let app = build_app(self.state.clone());
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
+            .await;
+        tracing::info!("Stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutdown signal received; finishing requests in flight");
+}

@@ -1,0 +1,251 @@
+//! Settings: built-in defaults, then the YAML config file, then `IMROUTE_*`
+//! environment variables.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/imroute.yaml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `host:port` to listen on; port 0 picks a free port.
+    pub listen: String,
+    pub database_url: String,
+    pub overrides_path: PathBuf,
+    /// Bearer token of the admin API; a random one is made when unset.
+    pub admin_token: Option<String>,
+    pub limits: Limits,
+    pub health: HealthConfig,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_batch: usize,
+    pub max_uid_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub heartbeat_ttl_secs: u64,
+    pub probe: ProbeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5001".into(),
+            database_url: "sqlite://data/imroute.db".into(),
+            overrides_path: "config/overrides.yaml".into(),
+            admin_token: None,
+            limits: Limits::default(),
+            health: HealthConfig::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch: 10_000,
+            max_uid_bytes: 256,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            heartbeat_ttl_secs: 15,
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: false,
+            interval_ms: 2000,
+            timeout_ms: 500,
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the config. `path: None` means the default path, which may be
+    /// missing (built-in defaults); a path given explicitly must exist.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, |key| std::env::var(key).ok())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let explicit = path.is_some();
+        let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        if let Some(v) = env("IMROUTE_LISTEN") {
+            config.listen = v;
+        }
+        if let Some(v) = env("IMROUTE_DATABASE_URL") {
+            config.database_url = v;
+        }
+        if let Some(v) = env("IMROUTE_OVERRIDES_PATH") {
+            config.overrides_path = v.into();
+        }
+        if let Some(v) = env("IMROUTE_ADMIN_TOKEN") {
+            config.admin_token = Some(v);
+        }
+        if let Some(v) = env("IMROUTE_LOG_FORMAT") {
+            config.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "IMROUTE_LOG_FORMAT: must be text or json, got {other:?}"
+                    )))
+                }
+            };
+        }
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Parses YAML; an empty file means all defaults.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let parsed: Option<Config> = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(parsed.unwrap_or_default())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("listen: must be ip:port, got {:?}", self.listen));
+        }
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(format!(
+                "database_url: must start with sqlite:, got {:?}",
+                self.database_url
+            ));
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("admin_token: must be at least 16 characters without spaces".into());
+            }
+        }
+        let l = &self.limits;
+        if l.max_batch == 0 || l.max_uid_bytes == 0 || l.max_body_bytes < 2 {
+            return Err(
+                "limits: max_batch, max_uid_bytes and max_body_bytes must be positive".into(),
+            );
+        }
+        let h = &self.health;
+        if h.heartbeat_ttl_secs == 0 {
+            return Err("health.heartbeat_ttl_secs: must be at least 1".into());
+        }
+        let p = &h.probe;
+        if p.interval_ms == 0 || p.timeout_ms == 0 || p.unhealthy_after == 0 || p.healthy_after == 0
+        {
+            return Err("health.probe: interval_ms, timeout_ms, unhealthy_after and healthy_after must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The config as logged at start: secrets replaced.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if c.admin_token.is_some() {
+            c.admin_token = Some("<redacted>".into());
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_default_file_means_defaults_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.yaml");
+        assert!(Config::load_with_env(Some(&missing), |_| None).is_err());
+        let c = Config::load_with_env(None, |k| {
+            (k == "IMROUTE_LISTEN").then(|| "127.0.0.1:7000".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::parse("lisen: x").unwrap_err().contains("lisen"));
+        let c = Config::parse("limits: {max_batch: 5}").unwrap();
+        assert_eq!(c.limits.max_batch, 5);
+        assert_eq!(c.limits.max_uid_bytes, 256);
+        assert!(Config::parse("listen: nope").unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_file_equals_the_defaults() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/imroute.yaml"))
+                .unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,40 @@
+//! Operator overrides: the YAML model (pure) and the file watcher.
+
+pub mod model;
+pub mod watcher;
+
+pub use model::{parse, EffectiveNode, Overrides, Source};
+
+use crate::{
+    config::Config,
+    store::{SqliteStore, Store},
+};
+
+/// `imroute check-config`: validates the overrides file with the same rules
+/// and messages as a reload. References to stored nodes and strategies are
+/// checked when the database exists; otherwise only the file itself is.
+pub async fn check_file(config: &Config) -> Result<String, String> {
+    let path = &config.overrides_path;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(format!("no overrides file at {}", path.display()))
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let parsed = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let stored = match SqliteStore::open_read_only(&config.database_url).await {
+        Ok(store) => store.load().await.ok(),
+        Err(_) => None,
+    };
+    parsed
+        .validate(stored.as_ref(), config.limits.max_uid_bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(match stored {
+        Some(_) => format!("overrides file {} ok (checked against the database)", path.display()),
+        None => format!(
+            "overrides file {} ok (database not found: references to stored nodes and strategies not checked)",
+            path.display()
+        ),
+    })
+}

@@ -1,0 +1,228 @@
+//! The overrides file: its YAML model, validation against what is stored, and
+//! how it is layered over stored nodes. Pure: no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{valid_id, Addrs, NodeRecord, NodeSpec, NodeState};
+use crate::store::Stored;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Replaces the active strategy stored through the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_strategy: Option<String>,
+    /// Patches of stored nodes, or nodes that exist only here.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodePatch>,
+    /// uid -> node id, bypassing the strategy while that node is routable.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+    /// uid -> region, read by the region strategy.
+    #[serde(default)]
+    pub user_regions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodeState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<AddrsPatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intranet: Option<AddrsPatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddrsPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss_addr: Option<String>,
+}
+
+impl AddrsPatch {
+    fn apply(&self, to: &mut Addrs) {
+        if let Some(v) = &self.tcp_addr {
+            to.tcp_addr = v.clone();
+        }
+        if let Some(v) = &self.ws_addr {
+            to.ws_addr = v.clone();
+        }
+        if let Some(v) = &self.wss_addr {
+            to.wss_addr = v.clone();
+        }
+    }
+}
+
+impl NodePatch {
+    /// The patch laid over `spec`, field by field.
+    pub fn apply(&self, spec: &NodeSpec) -> NodeSpec {
+        let mut out = spec.clone();
+        if let Some(v) = &self.region {
+            out.region = Some(v.clone());
+        }
+        if let Some(v) = self.weight {
+            out.weight = v;
+        }
+        if let Some(v) = self.state {
+            out.state = v;
+        }
+        if let Some(p) = &self.external {
+            p.apply(&mut out.external);
+        }
+        if let Some(p) = &self.intranet {
+            p.apply(&mut out.intranet);
+        }
+        if let Some(v) = &self.labels {
+            out.labels = v.clone();
+        }
+        out
+    }
+}
+
+/// Where a node's effective values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Source {
+    #[serde(rename = "db")]
+    Db,
+    #[serde(rename = "overrides")]
+    Overrides,
+    #[serde(rename = "db+overrides")]
+    DbAndOverrides,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Db => "db",
+            Source::Overrides => "overrides",
+            Source::DbAndOverrides => "db+overrides",
+        }
+    }
+}
+
+/// A node as routing and the admin API see it.
+#[derive(Debug, Clone)]
+pub struct EffectiveNode {
+    pub spec: NodeSpec,
+    pub source: Source,
+    /// The stored record, when there is one.
+    pub stored: Option<NodeRecord>,
+}
+
+/// Parses a file's text. An empty file (or only comments) means no overrides.
+pub fn parse(text: &str) -> Result<Overrides, String> {
+    let parsed: Option<Overrides> = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(parsed.unwrap_or_default())
+}
+
+impl Overrides {
+    /// Checks the file against what is stored: node patches must give valid
+    /// nodes, pins must name known nodes, the strategy must exist.
+    ///
+    /// With `stored: None` (no database at hand, as in `imroute check-config`
+    /// before a deploy) references to stored nodes and strategies are not checked.
+    pub fn validate(&self, stored: Option<&Stored>, max_uid_bytes: usize) -> Result<(), String> {
+        let no_nodes = Vec::new();
+        let stored_nodes = stored.map_or(&no_nodes, |s| &s.nodes);
+        let mut known: BTreeSet<&str> = stored_nodes.iter().map(|n| n.spec.id.as_str()).collect();
+        for (id, patch) in &self.nodes {
+            if !valid_id(id) {
+                return Err(format!(
+                    "nodes.{id}: node id must match [A-Za-z0-9._-]{{1,64}}"
+                ));
+            }
+            let base = stored_nodes
+                .iter()
+                .find(|n| &n.spec.id == id)
+                .map_or_else(|| NodeSpec::new(id.clone()), |n| n.spec.clone());
+            patch
+                .apply(&base)
+                .validate()
+                .map_err(|e| format!("nodes.{id}.{e}"))?;
+            known.insert(id);
+        }
+        for (uid, node) in &self.pins {
+            check_uid(uid, max_uid_bytes).map_err(|e| format!("pins: {e}"))?;
+            if stored.is_some() && !known.contains(node.as_str()) {
+                return Err(format!("pins.{uid}: unknown node {node:?}"));
+            }
+        }
+        for (uid, region) in &self.user_regions {
+            check_uid(uid, max_uid_bytes).map_err(|e| format!("user_regions: {e}"))?;
+            if !valid_id(region) {
+                return Err(format!(
+                    "user_regions.{uid}: region must match [A-Za-z0-9._-]{{1,64}}, got {region:?}"
+                ));
+            }
+        }
+        if let (Some(name), Some(stored)) = (&self.active_strategy, stored) {
+            if !stored.strategies.iter().any(|s| &s.name == name) {
+                return Err(format!("active_strategy: unknown strategy {name:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stored nodes with the file's patches applied, plus file-only nodes, in
+    /// id order.
+    pub fn effective_nodes(&self, stored: &Stored) -> Vec<EffectiveNode> {
+        let mut out: Vec<EffectiveNode> = stored
+            .nodes
+            .iter()
+            .map(|record| match self.nodes.get(&record.spec.id) {
+                Some(patch) => EffectiveNode {
+                    spec: patch.apply(&record.spec),
+                    source: Source::DbAndOverrides,
+                    stored: Some(record.clone()),
+                },
+                None => EffectiveNode {
+                    spec: record.spec.clone(),
+                    source: Source::Db,
+                    stored: Some(record.clone()),
+                },
+            })
+            .collect();
+        for (id, patch) in &self.nodes {
+            if !stored.nodes.iter().any(|n| &n.spec.id == id) {
+                out.push(EffectiveNode {
+                    spec: patch.apply(&NodeSpec::new(id.clone())),
+                    source: Source::Overrides,
+                    stored: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        out
+    }
+}
+
+/// The contract's uid rules: non-empty, at most `max_bytes`, no control characters.
+pub fn check_uid(uid: &str, max_bytes: usize) -> Result<(), String> {
+    if uid.is_empty() {
+        return Err("uid is empty".into());
+    }
+    if uid.len() > max_bytes {
+        return Err(format!(
+            "uid is {} bytes, over the limit of {max_bytes}",
+            uid.len()
+        ));
+    }
+    if uid.chars().any(char::is_control) {
+        return Err("uid contains a control character".into());
+    }
+    Ok(())
+}

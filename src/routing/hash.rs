@@ -1,0 +1,52 @@
+//! `hash`: unweighted rendezvous hashing over all routable nodes.
+
+use serde_json::{json, Value};
+
+use super::{
+    hrw,
+    strategy::{expect_no_params, Candidate, ParamsError, Placement, StrategyKind},
+};
+
+pub struct HashKind;
+
+impl StrategyKind for HashKind {
+    fn kind(&self) -> &'static str {
+        "hash"
+    }
+
+    fn description(&self) -> &'static str {
+        "Rendezvous hashing: every routable node takes an equal share; adding or removing a node moves only about 1/N of the users, and none between surviving nodes."
+    }
+
+    fn params_schema(&self) -> Value {
+        json!({"type": "object", "additionalProperties": false, "properties": {}})
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), ParamsError> {
+        expect_no_params(self.kind(), params)
+    }
+
+    fn build(&self, _params: &Value, candidates: &[Candidate<'_>]) -> Box<dyn Placement> {
+        Box::new(HashPlacement::new(candidates))
+    }
+}
+
+/// Unweighted rendezvous over a fixed candidate list.
+pub struct HashPlacement {
+    seeds: Box<[u64]>,
+}
+
+impl HashPlacement {
+    pub fn new(candidates: &[Candidate<'_>]) -> Self {
+        Self {
+            seeds: candidates.iter().map(|c| c.seed).collect(),
+        }
+    }
+}
+
+impl Placement for HashPlacement {
+    #[inline]
+    fn place(&self, uid_hash: u64, _region: Option<&str>) -> Option<usize> {
+        hrw::argmax(uid_hash, &self.seeds)
+    }
+}

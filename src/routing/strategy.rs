@@ -1,0 +1,103 @@
+//! The strategy plugin interface and the registry of built-in kinds.
+//!
+//! A strategy kind validates its params and builds a [`Placement`] from params and
+//! the routable candidates of a snapshot. Building happens once per snapshot, off
+//! the hot path; placing happens per uid and must be cheap and pure.
+//!
+//! Adding a kind: write one file with a type implementing [`StrategyKind`] and add
+//! one line to [`BUILTIN`].
+
+use serde_json::Value;
+
+use super::{hash::HashKind, region::RegionKind, weighted::WeightedKind};
+
+/// A node as strategies see it: routable, in node-id order.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub region: Option<&'a str>,
+    pub weight: u16,
+    /// `hrw::node_seed(id)`, computed once per snapshot.
+    pub seed: u64,
+}
+
+/// A built strategy: picks one candidate index for a uid.
+pub trait Placement: Send + Sync {
+    /// Index into the candidate slice the placement was built from, or `None`
+    /// when there is no candidate at all.
+    fn place(&self, uid_hash: u64, region: Option<&str>) -> Option<usize>;
+
+    /// Whether `place` reads the region; when false the table skips the
+    /// per-uid region lookup.
+    fn uses_region(&self) -> bool {
+        false
+    }
+}
+
+/// A strategy plugin.
+pub trait StrategyKind: Send + Sync + 'static {
+    /// The kind name stored with a strategy (`hash`, `weighted`, ...).
+    fn kind(&self) -> &'static str;
+    /// One sentence for `GET /admin/strategy-kinds`.
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the params object.
+    fn params_schema(&self) -> Value;
+    /// Checks params; the error names the offending field.
+    fn validate(&self, params: &Value) -> Result<(), ParamsError>;
+    /// Builds the placement for one snapshot. `params` has passed `validate`.
+    fn build(&self, params: &Value, candidates: &[Candidate<'_>]) -> Box<dyn Placement>;
+}
+
+/// A params validation failure, naming the field (`params.fallback.eu[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ParamsError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ParamsError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every installed kind. One line per kind.
+pub static BUILTIN: &[&dyn StrategyKind] = &[&HashKind, &WeightedKind, &RegionKind];
+
+/// Looks a kind up by name.
+pub fn kind(name: &str) -> Option<&'static dyn StrategyKind> {
+    BUILTIN.iter().copied().find(|k| k.kind() == name)
+}
+
+/// Params for kinds that take none: `{}` or `null`.
+pub(crate) fn expect_no_params(kind: &str, params: &Value) -> Result<(), ParamsError> {
+    match params {
+        Value::Null => Ok(()),
+        Value::Object(map) => match map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(ParamsError::new(
+                format!("params.{key}"),
+                format!("unknown field: `{kind}` takes no params"),
+            )),
+        },
+        other => Err(ParamsError::new(
+            "params",
+            format!("must be an object, got {}", json_type(other)),
+        )),
+    }
+}
+
+pub(crate) fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

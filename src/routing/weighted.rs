@@ -1,0 +1,102 @@
+//! `weighted`: weighted rendezvous hashing (logarithmic method).
+//!
+//! Nodes with equal weight are grouped: within a group the node with the highest
+//! raw score also has the highest weighted score (the transform is monotonic), so
+//! one logarithm per distinct weight suffices instead of one per node. Clusters
+//! usually have few distinct weights, which makes this nearly as cheap as `hash`.
+
+use serde_json::{json, Value};
+
+use super::{
+    hrw,
+    strategy::{expect_no_params, Candidate, ParamsError, Placement, StrategyKind},
+};
+
+pub struct WeightedKind;
+
+impl StrategyKind for WeightedKind {
+    fn kind(&self) -> &'static str {
+        "weighted"
+    }
+
+    fn description(&self) -> &'static str {
+        "Weighted rendezvous hashing: each routable node takes users in proportion to its weight; a node or weight change moves users only to or from that node."
+    }
+
+    fn params_schema(&self) -> Value {
+        json!({"type": "object", "additionalProperties": false, "properties": {}})
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), ParamsError> {
+        expect_no_params(self.kind(), params)
+    }
+
+    fn build(&self, _params: &Value, candidates: &[Candidate<'_>]) -> Box<dyn Placement> {
+        Box::new(WeightedPlacement::new(candidates))
+    }
+}
+
+struct WeightGroup {
+    weight: f64,
+    /// Seeds of the group's members, in candidate (node-id) order.
+    seeds: Box<[u64]>,
+    /// Candidate index of each member.
+    index: Box<[u32]>,
+}
+
+/// Weighted rendezvous over a fixed candidate list.
+pub struct WeightedPlacement {
+    groups: Box<[WeightGroup]>,
+}
+
+impl WeightedPlacement {
+    pub fn new(candidates: &[Candidate<'_>]) -> Self {
+        let mut weights: Vec<u16> = candidates
+            .iter()
+            .map(|c| c.weight)
+            .filter(|&w| w > 0)
+            .collect();
+        weights.sort_unstable();
+        weights.dedup();
+        let groups = weights
+            .into_iter()
+            .map(|w| {
+                let members = candidates.iter().enumerate().filter(|(_, c)| c.weight == w);
+                let (index, seeds): (Vec<u32>, Vec<u64>) =
+                    members.map(|(i, c)| (i as u32, c.seed)).unzip();
+                WeightGroup {
+                    weight: f64::from(w),
+                    seeds: seeds.into(),
+                    index: index.into(),
+                }
+            })
+            .collect();
+        Self { groups }
+    }
+}
+
+impl Placement for WeightedPlacement {
+    #[inline]
+    fn place(&self, uid_hash: u64, _region: Option<&str>) -> Option<usize> {
+        let mut best: Option<(f64, u32)> = None;
+        for group in self.groups.iter() {
+            // Highest raw score within the group; ties to the lowest node id.
+            let mut top = 0usize;
+            let mut top_score = hrw::score(uid_hash, group.seeds[0]);
+            for (i, &seed) in group.seeds.iter().enumerate().skip(1) {
+                let s = hrw::score(uid_hash, seed);
+                if s > top_score {
+                    top = i;
+                    top_score = s;
+                }
+            }
+            let score = hrw::weighted_score(group.weight, top_score);
+            let index = group.index[top];
+            best = match best {
+                Some((b, bi)) if b > score || (b == score && bi < index) => Some((b, bi)),
+                _ => Some((score, index)),
+            };
+        }
+        best.map(|(_, i)| i as usize)
+    }
+}
