@@ -1,0 +1,9 @@
+//! One integration-test binary: the real server, real SQLite, real HTTP.
+
+mod helpers;
+
+mod cli;
+mod errors;
+mod nodes;
+mod ops;
+mod route;

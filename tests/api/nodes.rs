@@ -1,0 +1,332 @@
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn post_creates_a_node_with_defaults_and_bookkeeping() {
+    let app = spawn_app().await;
+    let resp = app
+        .admin(
+            Method::POST,
+            "/admin/nodes",
+            Some(json!({"id": "gw-1", "external": {"tcp_addr": "[::1]:5100"}})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["etag"], "\"1\"");
+    let node: Value = resp.json().await.unwrap();
+    assert_eq!(node["id"], "gw-1");
+    assert_eq!(node["weight"], 100);
+    assert_eq!(node["state"], "active");
+    assert_eq!(node["source"], "db");
+    assert_eq!(node["version"], 1);
+    assert_eq!(node["labels"], json!({}));
+    assert_eq!(node["external"]["ws_addr"], "");
+    assert_eq!(node["health"]["status"], "unknown");
+    assert!(node.get("region").is_none());
+    let created = node["created_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{created}"
+    );
+    assert_eq!(node["created_at"], node["updated_at"]);
+
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/nodes", Some(json!({"id": "gw-1"})))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "conflict");
+}
+
+#[tokio::test]
+async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({"id": "bad id"}), "id:"),
+        (json!({}), "id:"),
+        (json!({"id": "x".repeat(65)}), "id:"),
+        (
+            json!({"id": "n", "weight": 70000}),
+            "weight: must be 0..=65535, got 70000",
+        ),
+        (json!({"id": "n", "weight": -1}), "weight:"),
+        (
+            json!({"id": "n", "external": {"tcp_addr": "nohost"}}),
+            "external.tcp_addr:",
+        ),
+        (
+            json!({"id": "n", "external": {"tcp_addr": "h:70000"}}),
+            "external.tcp_addr:",
+        ),
+        (
+            json!({"id": "n", "external": {"ws_addr": "wss://h"}}),
+            "external.ws_addr:",
+        ),
+        (
+            json!({"id": "n", "intranet": {"wss_addr": "ws://h"}}),
+            "intranet.wss_addr:",
+        ),
+        (
+            json!({"id": "n", "intranet": {"wss_addr": "wss://h:0/x"}}),
+            "intranet.wss_addr:",
+        ),
+        (json!({"id": "n", "region": "e u"}), "region:"),
+        (json!({"id": "n", "state": "sleeping"}), ""),
+        (json!({"id": "n", "colour": "red"}), "colour"),
+    ];
+    for (body, needle) in cases {
+        let (status, err) = app
+            .admin_json(Method::POST, "/admin/nodes", Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{body} -> {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(needle),
+            "{body} -> {err}"
+        );
+    }
+    let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+    assert_eq!(nodes, json!([]));
+}
+
+#[tokio::test]
+async fn put_creates_then_replaces_the_whole_node() {
+    let app = spawn_app().await;
+    let body = json!({"region": "eu", "weight": 7, "labels": {"rack": "r1"},
+                      "external": {"tcp_addr": "10.1.1.1:1"}});
+    let resp = app
+        .admin(Method::PUT, "/admin/nodes/gw-1", Some(body))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let resp = app
+        .admin(
+            Method::PUT,
+            "/admin/nodes/gw-1",
+            Some(json!({"id": "gw-1"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["etag"], "\"2\"");
+    let node: Value = resp.json().await.unwrap();
+    assert_eq!(node["weight"], 100, "omitted fields take their defaults");
+    assert!(node.get("region").is_none());
+    assert_eq!(node["labels"], json!({}));
+    assert_eq!(node["external"]["tcp_addr"], "");
+    assert_eq!(node["version"], 2);
+
+    let (status, err) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/gw-1",
+            Some(json!({"id": "gw-2"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(err["msg"].as_str().unwrap().starts_with("id:"));
+
+    // A node read with GET can be written back with PUT.
+    let (_, read) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    let (status, _) = app
+        .admin_json(Method::PUT, "/admin/nodes/gw-1", Some(read))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn patch_merges_only_the_fields_given() {
+    let app = spawn_app().await;
+    app.add_node(
+        "gw-1",
+        json!({"region": "eu", "weight": 5, "labels": {"a": "b"}}),
+    )
+    .await;
+    let (status, node) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/gw-1",
+            Some(json!({"weight": 9, "external": {"wss_addr": "wss://x.example.com/im"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["weight"], 9);
+    assert_eq!(node["region"], "eu");
+    assert_eq!(node["labels"], json!({"a": "b"}));
+    assert_eq!(node["external"]["tcp_addr"], "gw-1.example.com:5100");
+    assert_eq!(node["external"]["wss_addr"], "wss://x.example.com/im");
+    assert_eq!(node["version"], 2);
+    let (_, node) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/gw-1",
+            Some(json!({"region": null})),
+        )
+        .await;
+    assert!(node.get("region").is_none());
+
+    let (status, _) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/gw-1",
+            Some(json!({"weight": 65536})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/nope",
+            Some(json!({"weight": 1})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    assert_eq!(node["weight"], 9, "a refused patch changes nothing");
+}
+
+#[tokio::test]
+async fn list_filters_by_region_and_state() {
+    let app = spawn_app().await;
+    app.add_node("a", json!({"region": "eu"})).await;
+    app.add_node("b", json!({"region": "us", "state": "draining"}))
+        .await;
+    app.add_node("c", json!({"region": "eu", "state": "disabled"}))
+        .await;
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, all) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+    assert_eq!(ids(all), ["a", "b", "c"]);
+    let (_, eu) = app
+        .admin_json(Method::GET, "/admin/nodes?region=eu", None)
+        .await;
+    assert_eq!(ids(eu), ["a", "c"]);
+    let (_, draining) = app
+        .admin_json(Method::GET, "/admin/nodes?state=draining", None)
+        .await;
+    assert_eq!(ids(draining), ["b"]);
+    let (_, both) = app
+        .admin_json(Method::GET, "/admin/nodes?region=eu&state=active", None)
+        .await;
+    assert_eq!(ids(both), ["a"]);
+    let (status, _) = app
+        .admin_json(Method::GET, "/admin/nodes?state=zzz", None)
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn delete_removes_the_node_and_its_users_move() {
+    let app = spawn_app().await;
+    for id in ["a", "b", "c"] {
+        app.add_node(id, json!({})).await;
+    }
+    let users = uids(300);
+    let before = app.assignments(&users).await;
+    let resp = app.admin(Method::DELETE, "/admin/nodes/b", None).await;
+    assert_eq!(resp.status(), 204);
+    let after = app.assignments(&users).await;
+    for u in &users {
+        if before[u] != "b" {
+            assert_eq!(before[u], after[u], "{u} was not on b and must stay");
+        } else {
+            assert_ne!(after[u], "b");
+        }
+    }
+    assert_eq!(
+        app.admin(Method::DELETE, "/admin/nodes/b", None)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.admin(Method::GET, "/admin/nodes/b", None)
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn draining_and_disabled_nodes_take_no_users_and_only_theirs_move() {
+    let app = spawn_app().await;
+    for id in ["a", "b", "c", "d"] {
+        app.add_node(id, json!({})).await;
+    }
+    let users = uids(400);
+    let before = app.assignments(&users).await;
+    for (node, state) in [("b", "draining"), ("c", "disabled")] {
+        let (status, _) = app
+            .admin_json(
+                Method::PATCH,
+                &format!("/admin/nodes/{node}"),
+                Some(json!({"state": state})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let after = app.assignments(&users).await;
+    for u in &users {
+        assert!(after[u] == "a" || after[u] == "d");
+        if before[u] == "a" || before[u] == "d" {
+            assert_eq!(before[u], after[u]);
+        }
+    }
+    // Back to active: the same users come back.
+    for node in ["b", "c"] {
+        app.admin(
+            Method::PATCH,
+            &format!("/admin/nodes/{node}"),
+            Some(json!({"state": "active"})),
+        )
+        .await;
+    }
+    assert_eq!(app.assignments(&users).await, before);
+}
+
+#[tokio::test]
+async fn weight_zero_takes_no_users() {
+    let app = spawn_app().await;
+    app.add_node("a", json!({"weight": 0})).await;
+    app.add_node("b", json!({})).await;
+    let users = uids(100);
+    assert!(app.assignments(&users).await.values().all(|n| n == "b"));
+}
+
+#[tokio::test]
+async fn if_match_guards_against_stale_writes() {
+    let app = spawn_app().await;
+    app.add_node("a", json!({})).await;
+    let stale = app
+        .client
+        .patch(app.url("/admin/nodes/a"))
+        .bearer_auth(&app.token)
+        .header("if-match", "\"7\"")
+        .json(&json!({"weight": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let fresh = app
+        .client
+        .patch(app.url("/admin/nodes/a"))
+        .bearer_auth(&app.token)
+        .header("if-match", "\"1\"")
+        .json(&json!({"weight": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
+    let del = app
+        .client
+        .delete(app.url("/admin/nodes/a"))
+        .bearer_auth(&app.token)
+        .header("if-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 412);
+}
