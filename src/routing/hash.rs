@@ -33,7 +33,7 @@ impl StrategyKind for HashKind {
 
 /// Unweighted rendezvous over a fixed candidate list.
 pub struct HashPlacement {
-    seeds: Box<[u64]>,
+    seeds: Box<[hrw::NodeSeed]>,
 }
 
 impl HashPlacement {
@@ -46,7 +46,7 @@ impl HashPlacement {
 
 impl Placement for HashPlacement {
     #[inline]
-    fn place(&self, uid_hash: u64, _region: Option<&str>) -> Option<usize> {
-        hrw::argmax(uid_hash, &self.seeds)
+    fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
+        hrw::argmax(uid, &self.seeds)
     }
 }

@@ -14,3 +14,6 @@ pub mod weighted;
 
 pub use strategy::{Candidate, ParamsError, Placement, StrategyKind, BUILTIN};
 pub use table::{NodeInput, StrategyInput, Table, TableInput};
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     hash::HashPlacement,
+    hrw::UidHash,
     strategy::{json_type, Candidate, ParamsError, Placement, StrategyKind},
     weighted::WeightedPlacement,
 };
@@ -220,27 +221,25 @@ struct RegionPlacement {
 }
 
 impl RegionPlacement {
-    fn in_region(&self, region: &str, uid_hash: u64) -> Option<usize> {
+    fn in_region(&self, region: &str, uid: UidHash) -> Option<usize> {
         let sub = self.by_region.get(region)?;
-        sub.inner
-            .place(uid_hash, None)
-            .map(|i| sub.index[i] as usize)
+        sub.inner.place(uid, None).map(|i| sub.index[i] as usize)
     }
 }
 
 impl Placement for RegionPlacement {
-    fn place(&self, uid_hash: u64, region: Option<&str>) -> Option<usize> {
+    fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize> {
         if let Some(region) = region.or(self.default_region.as_deref()) {
-            if let Some(i) = self.in_region(region, uid_hash) {
+            if let Some(i) = self.in_region(region, uid) {
                 return Some(i);
             }
             if let Some(list) = self.fallback.get(region) {
-                if let Some(i) = list.iter().find_map(|r| self.in_region(r, uid_hash)) {
+                if let Some(i) = list.iter().find_map(|r| self.in_region(r, uid)) {
                     return Some(i);
                 }
             }
         }
-        self.all.place(uid_hash, None)
+        self.all.place(uid, None)
     }
 
     fn uses_region(&self) -> bool {

@@ -9,7 +9,12 @@
 
 use serde_json::Value;
 
-use super::{hash::HashKind, region::RegionKind, weighted::WeightedKind};
+use super::{
+    hash::HashKind,
+    hrw::{NodeSeed, UidHash},
+    region::RegionKind,
+    weighted::WeightedKind,
+};
 
 /// A node as strategies see it: routable, in node-id order.
 #[derive(Debug, Clone, Copy)]
@@ -18,14 +23,14 @@ pub struct Candidate<'a> {
     pub region: Option<&'a str>,
     pub weight: u16,
     /// `hrw::node_seed(id)`, computed once per snapshot.
-    pub seed: u64,
+    pub seed: NodeSeed,
 }
 
 /// A built strategy: picks one candidate index for a uid.
 pub trait Placement: Send + Sync {
     /// Index into the candidate slice the placement was built from, or `None`
     /// when there is no candidate at all.
-    fn place(&self, uid_hash: u64, region: Option<&str>) -> Option<usize>;
+    fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize>;
 
     /// Whether `place` reads the region; when false the table skips the
     /// per-uid region lookup.

@@ -118,7 +118,7 @@ impl<V> UidMap<V> {
     }
     fn insert(&mut self, uid: &str, value: V) {
         self.map
-            .entry(hrw::uid_hash(uid))
+            .entry(hrw::uid_hash(uid).lo)
             .or_default()
             .push((uid.into(), value));
     }
@@ -178,7 +178,9 @@ impl Table {
             .collect();
         let healthy: Vec<&NodeInput> = eligible.iter().copied().filter(|n| n.healthy).collect();
         let panic = healthy.is_empty() && !eligible.is_empty();
-        let routable = if panic { eligible } else { healthy };
+        let mut routable = if panic { eligible } else { healthy };
+        // Placements rank at most hrw::MAX_NODES (about a million) nodes.
+        routable.truncate(hrw::MAX_NODES);
 
         let candidates: Vec<Candidate<'_>> = routable
             .iter()
@@ -279,13 +281,18 @@ impl Table {
     }
 
     #[inline]
-    fn route_hashed(&self, uid: &str, hash: u64, region_hint: Option<&str>) -> Option<usize> {
-        if let Some(&i) = self.pins.get(hash, uid) {
+    fn route_hashed(
+        &self,
+        uid: &str,
+        hash: hrw::UidHash,
+        region_hint: Option<&str>,
+    ) -> Option<usize> {
+        if let Some(&i) = self.pins.get(hash.lo, uid) {
             return Some(i as usize);
         }
         let region = if self.uses_region {
             self.user_regions
-                .get(hash, uid)
+                .get(hash.lo, uid)
                 .map(|r| &**r)
                 .or(region_hint)
         } else {
@@ -338,7 +345,7 @@ impl Table {
         let mut out_len = 2usize;
         for &uid in uids {
             let hash = hrw::uid_hash(uid);
-            if uids.len() > 1 && !seen.insert(Hashed { hash, uid }) {
+            if uids.len() > 1 && !seen.insert(Hashed { hash: hash.lo, uid }) {
                 assigned.push(SKIP);
                 continue;
             }

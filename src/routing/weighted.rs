@@ -39,7 +39,7 @@ impl StrategyKind for WeightedKind {
 struct WeightGroup {
     weight: f64,
     /// Seeds of the group's members, in candidate (node-id) order.
-    seeds: Box<[u64]>,
+    seeds: Box<[hrw::NodeSeed]>,
     /// Candidate index of each member.
     index: Box<[u32]>,
 }
@@ -62,7 +62,7 @@ impl WeightedPlacement {
             .into_iter()
             .map(|w| {
                 let members = candidates.iter().enumerate().filter(|(_, c)| c.weight == w);
-                let (index, seeds): (Vec<u32>, Vec<u64>) =
+                let (index, seeds): (Vec<u32>, Vec<hrw::NodeSeed>) =
                     members.map(|(i, c)| (i as u32, c.seed)).unzip();
                 WeightGroup {
                     weight: f64::from(w),
@@ -77,21 +77,13 @@ impl WeightedPlacement {
 
 impl Placement for WeightedPlacement {
     #[inline]
-    fn place(&self, uid_hash: u64, _region: Option<&str>) -> Option<usize> {
+    fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
         let mut best: Option<(f64, u32)> = None;
         for group in self.groups.iter() {
             // Highest raw score within the group; ties to the lowest node id.
-            let mut top = 0usize;
-            let mut top_score = hrw::score(uid_hash, group.seeds[0]);
-            for (i, &seed) in group.seeds.iter().enumerate().skip(1) {
-                let s = hrw::score(uid_hash, seed);
-                if s > top_score {
-                    top = i;
-                    top_score = s;
-                }
-            }
-            let score = hrw::weighted_score(group.weight, top_score);
-            let index = group.index[top];
+            let key = hrw::max_key(uid, &group.seeds);
+            let score = hrw::weighted_score(group.weight, hrw::key_score(key));
+            let index = group.index[hrw::key_index(key)];
             best = match best {
                 Some((b, bi)) if b > score || (b == score && bi < index) => Some((b, bi)),
                 _ => Some((score, index)),

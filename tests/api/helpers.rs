@@ -1,6 +1,8 @@
 //! Starts the real server on port 0 with its own SQLite file and overrides
-#![allow(dead_code)] // Shared by test modules; not every module uses every helper.
 //! path in a temp dir; talks to it over real HTTP.
+
+// Shared by every test module; not every module uses every helper.
+#![allow(dead_code)]
 
 use std::{
     future::Future,

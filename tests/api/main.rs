@@ -7,3 +7,4 @@ mod errors;
 mod nodes;
 mod ops;
 mod route;
+mod strategies;

@@ -1,0 +1,105 @@
+//! The routing hot path: placing one uid (hash, weighted; 10/100/1000 nodes),
+//! a whole 1,000-uid batch, and parse -> route -> group -> serialise.
+//!
+//! Each iteration routes 1,000 uids, so the time per iteration in ns divided
+//! by 1,000 is ns per uid (criterion also prints the element throughput).
+
+use std::{collections::BTreeMap, hint::black_box};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use imroute::{
+    api::uids::parse_batch,
+    config::Limits,
+    model::{Addrs, NodeState},
+    routing::{NodeInput, StrategyInput, Table, TableInput},
+};
+use serde_json::json;
+
+fn table(kind: &str, n: usize, weight: impl Fn(usize) -> u16) -> Table {
+    let nodes = (0..n)
+        .map(|i| NodeInput {
+            id: format!("gw-{i:04}"),
+            region: Some(["eu", "us", "ap"][i % 3].into()),
+            weight: weight(i),
+            state: NodeState::Active,
+            healthy: true,
+            external: Addrs {
+                tcp_addr: format!("10.0.{}.{}:5100", i / 256, i % 256),
+                ws_addr: format!("ws://gw-{i}.example.com:5200"),
+                wss_addr: format!("wss://gw-{i}.example.com:5300"),
+            },
+            intranet: Addrs::default(),
+        })
+        .collect();
+    Table::build(&TableInput {
+        nodes,
+        strategy: StrategyInput {
+            name: "bench".into(),
+            kind: kind.into(),
+            params: json!({}),
+        },
+        pins: BTreeMap::new(),
+        user_regions: BTreeMap::new(),
+    })
+}
+
+fn uids() -> Vec<String> {
+    (0..1000).map(|i| format!("user-{i:08}")).collect()
+}
+
+fn place(c: &mut Criterion) {
+    let users = uids();
+    let mut group = c.benchmark_group("place");
+    group.throughput(Throughput::Elements(users.len() as u64));
+    for n in [10usize, 100, 1000] {
+        let cases = [
+            ("hash", table("hash", n, |_| 100)),
+            // Typical clusters: a few distinct weights.
+            (
+                "weighted",
+                table("weighted", n, |i| [50, 100, 100, 200][i % 4]),
+            ),
+            // Worst case: every weight distinct.
+            ("weighted_distinct", table("weighted", n, |i| 1 + i as u16)),
+        ];
+        for (name, t) in &cases {
+            group.bench_with_input(BenchmarkId::new(*name, n), t, |b, t| {
+                b.iter(|| {
+                    for u in &users {
+                        black_box(t.route(black_box(u), None));
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn batch(c: &mut Criterion) {
+    let users = uids();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let body = serde_json::to_vec(&users).unwrap();
+    let limits = Limits::default();
+    let t = table("hash", 100, |_| 100);
+    let mut group = c.benchmark_group("batch_1000");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("route_group_serialize", |b| {
+        b.iter(|| {
+            black_box(
+                t.route_batch_json(black_box(&refs), None, false, |_, _| {})
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("parse_route_group_serialize", |b| {
+        b.iter(|| {
+            let parsed = parse_batch(black_box(&body), &limits).unwrap();
+            let refs: Vec<&str> = parsed.iter().map(|u| &**u).collect();
+            black_box(t.route_batch_json(&refs, None, false, |_, _| {}).unwrap())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, place, batch);
+criterion_main!(benches);
