@@ -226,3 +226,27 @@ pub fn check_uid(uid: &str, max_bytes: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_validates_on_its_own() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/overrides.example.yaml"
+        ))
+        .unwrap();
+        let parsed = parse(&text).unwrap();
+        assert_eq!(parsed.pins.get("vip-001").map(String::as_str), Some("gw-9"));
+        parsed.validate(None, 256).unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_means_no_overrides_and_errors_name_the_place() {
+        assert_eq!(parse("# nothing\n").unwrap(), Overrides::default());
+        let err = parse("nodes:\n  gw-1:\n    wieght: 1\n").unwrap_err();
+        assert!(err.contains("wieght") && err.contains("line 3"), "{err}");
+    }
+}

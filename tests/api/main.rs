@@ -6,5 +6,6 @@ mod cli;
 mod errors;
 mod nodes;
 mod ops;
+mod overrides;
 mod route;
 mod strategies;

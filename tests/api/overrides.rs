@@ -1,0 +1,412 @@
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn overrides(app: &TestApp) -> Value {
+    app.admin_json(Method::GET, "/admin/overrides", None)
+        .await
+        .1
+}
+
+async fn node_of(app: &TestApp, uid: &str) -> String {
+    let v: Value = app
+        .client
+        .get(app.url(&format!("/route?uid={uid}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["node_id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Writes the file the way most editors do: a temp file, then a rename.
+fn save_by_rename(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("yaml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until the overrides state differs from `old` (revision, status or
+/// error), polling with a deadline.
+async fn wait_for_reload(app: &TestApp, old: &Value) -> Value {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let now = overrides(app).await;
+        if now["revision"] != old["revision"]
+            || now["status"] != old["status"]
+            || now["error"] != old["error"]
+        {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the watcher did not pick up the change: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn two_nodes() -> TestApp {
+    let app = spawn_app().await;
+    app.add_node("gw-1", json!({"region": "eu"})).await;
+    app.add_node("gw-2", json!({"region": "us"})).await;
+    app
+}
+
+#[tokio::test]
+async fn a_file_created_after_start_is_picked_up_and_pins_route() {
+    let app = two_nodes().await;
+    let before = overrides(&app).await;
+    assert_eq!(before["status"], "ok");
+    assert_eq!(before["revision"], "");
+    let pinned_elsewhere = if node_of(&app, "vip").await == "gw-1" {
+        "gw-2"
+    } else {
+        "gw-1"
+    };
+    std::fs::write(
+        app.overrides_path(),
+        format!("pins:\n  vip: {pinned_elsewhere}\n"),
+    )
+    .unwrap();
+    let after = wait_for_reload(&app, &before).await;
+    assert_eq!(after["status"], "ok", "{after}");
+    assert_eq!(after["effective"]["pins"]["vip"], pinned_elsewhere);
+    assert!(after["loaded_at"].is_string());
+    assert_eq!(node_of(&app, "vip").await, pinned_elsewhere);
+    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    assert_eq!(routing["pins"], 1);
+}
+
+#[tokio::test]
+async fn editors_that_save_by_rename_and_deleting_the_file_work() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let s0 = overrides(&app).await;
+    save_by_rename(&path, "nodes:\n  gw-1: {weight: 0}\n");
+    let s1 = wait_for_reload(&app, &s0).await;
+    assert_eq!(s1["effective"]["nodes"]["gw-1"]["weight"], 0);
+    let users = uids(100);
+    assert!(app.assignments(&users).await.values().all(|n| n == "gw-2"));
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    assert_eq!(node["weight"], 0);
+    assert_eq!(node["source"], "db+overrides");
+
+    // mv over the file.
+    let other = path.with_file_name("staged.yaml");
+    std::fs::write(&other, "nodes:\n  gw-2: {weight: 0}\n").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let s2 = wait_for_reload(&app, &s1).await;
+    assert_eq!(s2["effective"]["nodes"]["gw-2"]["weight"], 0);
+    assert!(app.assignments(&users).await.values().all(|n| n == "gw-1"));
+
+    // Deleted: no overrides.
+    std::fs::remove_file(&path).unwrap();
+    let s3 = wait_for_reload(&app, &s2).await;
+    assert_eq!(s3["status"], "ok");
+    assert_eq!(s3["revision"], "");
+    let spread = app.assignments(&users).await;
+    assert!(spread.values().any(|n| n == "gw-1") && spread.values().any(|n| n == "gw-2"));
+}
+
+#[tokio::test]
+async fn an_invalid_file_changes_nothing_until_it_is_fixed() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let s0 = overrides(&app).await;
+    std::fs::write(&path, "pins:\n  vip: gw-2\n").unwrap();
+    let good = wait_for_reload(&app, &s0).await;
+    let routing_before = app.admin_json(Method::GET, "/admin/routing", None).await.1;
+
+    let bad_files = [
+        ("pins:\n  vip: gw-7\n", "pins.vip: unknown node"),
+        ("pinz:\n  vip: gw-1\n", "unknown field `pinz`"),
+        ("nodes:\n  gw-1: {wieght: 3}\n", "unknown field `wieght`"),
+        (
+            "nodes:\n  gw-1: {external: {tcp_addr: nope}}\n",
+            "nodes.gw-1.external.tcp_addr",
+        ),
+        (
+            "active_strategy: missing\n",
+            "active_strategy: unknown strategy",
+        ),
+        ("pins:\n  vip: [gw-1\n", "line"),
+    ];
+    let mut last = good.clone();
+    for (text, needle) in bad_files {
+        std::fs::write(&path, text).unwrap();
+        last = wait_for_reload(&app, &last).await;
+        assert_eq!(last["status"], "error", "{text}");
+        assert!(
+            last["error"].as_str().unwrap().contains(needle),
+            "{text}: {}",
+            last["error"]
+        );
+        assert_eq!(
+            last["revision"], good["revision"],
+            "the last good overrides stay"
+        );
+        assert_eq!(last["effective"], good["effective"]);
+        assert_eq!(node_of(&app, "vip").await, "gw-2");
+        let (status, err) = app
+            .admin_json(Method::POST, "/admin/overrides/reload", None)
+            .await;
+        assert_eq!(status, 400);
+        assert_eq!(err["code"], "invalid_overrides");
+        assert!(err["msg"].as_str().unwrap().contains(needle));
+    }
+    let routing_after = app.admin_json(Method::GET, "/admin/routing", None).await.1;
+    assert_eq!(routing_before["revision"], routing_after["revision"]);
+
+    std::fs::write(&path, "pins:\n  vip: gw-1\n").unwrap();
+    let fixed = wait_for_reload(&app, &last).await;
+    assert_eq!(fixed["status"], "ok");
+    assert!(fixed.get("error").is_none());
+    assert_eq!(node_of(&app, "vip").await, "gw-1");
+    let m = app.metrics().await;
+    assert!(
+        m.contains(r#"imroute_overrides_reloads_total{result="error"}"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"imroute_overrides_reloads_total{result="ok"}"#));
+    assert!(m.contains(&format!(
+        r#"imroute_overrides_info{{revision="{}"}} 1"#,
+        fixed["revision"].as_str().unwrap()
+    )));
+}
+
+#[tokio::test]
+async fn a_half_written_file_is_never_applied() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let s0 = overrides(&app).await;
+    let full = "nodes:\n  gw-1: {weight: 0}\npins:\n  vip: gw-2\n";
+    // The first half alone does not validate (truncated flow mapping).
+    std::fs::write(&path, &full[..20]).unwrap();
+    let s1 = wait_for_reload(&app, &s0).await;
+    assert_eq!(s1["status"], "error");
+    std::fs::write(&path, full).unwrap();
+    let s2 = wait_for_reload(&app, &s1).await;
+    assert_eq!(s2["status"], "ok");
+    assert_eq!(s2["effective"]["pins"]["vip"], "gw-2");
+}
+
+#[tokio::test]
+async fn a_pin_to_a_drained_node_falls_back_to_the_strategy() {
+    let app = two_nodes().await;
+    let natural = node_of(&app, "vip").await;
+    let other = if natural == "gw-1" { "gw-2" } else { "gw-1" };
+    std::fs::write(app.overrides_path(), format!("pins:\n  vip: {other}\n")).unwrap();
+    let (status, _) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(node_of(&app, "vip").await, other);
+    app.admin(
+        Method::PATCH,
+        &format!("/admin/nodes/{other}"),
+        Some(json!({"state": "draining"})),
+    )
+    .await;
+    assert_eq!(node_of(&app, "vip").await, natural);
+    app.admin(
+        Method::PATCH,
+        &format!("/admin/nodes/{other}"),
+        Some(json!({"state": "active"})),
+    )
+    .await;
+    assert_eq!(node_of(&app, "vip").await, other);
+}
+
+#[tokio::test]
+async fn nodes_that_exist_only_in_the_file_route_users() {
+    let app = spawn_app().await;
+    std::fs::write(
+        app.overrides_path(),
+        "nodes:\n  gw-9: {region: eu, external: {tcp_addr: \"198.51.100.9:5100\", ws_addr: \"\", wss_addr: \"\"}}\n",
+    )
+    .unwrap();
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let groups: Vec<Value> = app.batch(&["a", "b"]).await.json().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["node_id"], "gw-9");
+    assert_eq!(groups[0]["tcp_addr"], "198.51.100.9:5100");
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/gw-9", None).await;
+    assert_eq!(node["source"], "overrides");
+    assert_eq!(node["version"], 0);
+    let (status, err) = app
+        .admin_json(Method::DELETE, "/admin/nodes/gw-9", None)
+        .await;
+    assert_eq!(status, 409, "{err}");
+}
+
+#[tokio::test]
+async fn the_file_wins_field_by_field_over_admin_writes() {
+    let app = two_nodes().await;
+    std::fs::write(app.overrides_path(), "nodes:\n  gw-1: {weight: 7}\n").unwrap();
+    app.admin(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    let (status, node) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/gw-1",
+            Some(json!({"weight": 50, "region": "ap"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(node["weight"], 7, "the file sets weight");
+    assert_eq!(
+        node["region"], "ap",
+        "the admin write stands for other fields"
+    );
+    assert_eq!(node["version"], 2, "the write was stored");
+    std::fs::remove_file(app.overrides_path()).unwrap();
+    app.admin(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    assert_eq!(node["weight"], 50);
+    assert_eq!(node["source"], "db");
+}
+
+#[tokio::test]
+async fn the_file_can_switch_strategy_and_set_user_regions() {
+    let app = two_nodes().await;
+    app.admin(
+        Method::PUT,
+        "/admin/strategies/geo",
+        Some(json!({"kind": "region", "params": {"default_region": "eu"}})),
+    )
+    .await;
+    std::fs::write(
+        app.overrides_path(),
+        "active_strategy: geo\nuser_regions:\n  alice: us\n",
+    )
+    .unwrap();
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    assert_eq!(routing["active_strategy"], "geo");
+    assert_eq!(routing["source"], "overrides");
+    assert_eq!(node_of(&app, "alice").await, "gw-2");
+    assert_eq!(node_of(&app, "bob").await, "gw-1");
+    let (status, _) = app
+        .admin_json(Method::DELETE, "/admin/strategies/geo", None)
+        .await;
+    assert_eq!(status, 409, "the strategy in effect cannot be deleted");
+}
+
+#[tokio::test]
+async fn a_thousand_pins_take_effect() {
+    let app = two_nodes().await;
+    let mut text = String::from("pins:\n");
+    for i in 0..1000 {
+        text.push_str(&format!("  pinned-{i}: gw-{}\n", 1 + i % 2));
+    }
+    std::fs::write(app.overrides_path(), text).unwrap();
+    let (status, _) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200);
+    let users: Vec<String> = (0..1000).map(|i| format!("pinned-{i}")).collect();
+    let got = app.assignments(&users).await;
+    for (i, u) in users.iter().enumerate() {
+        assert_eq!(got[u], format!("gw-{}", 1 + i % 2));
+    }
+}
+
+#[tokio::test]
+async fn a_server_starts_with_an_invalid_file_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir);
+    std::fs::create_dir_all(config.overrides_path.parent().unwrap()).unwrap();
+    std::fs::write(&config.overrides_path, "pins: [oops\n").unwrap();
+    let app = start(dir, config).await;
+    let s = overrides(&app).await;
+    assert_eq!(s["status"], "error");
+    assert!(s["error"].is_string());
+    assert_eq!(s["effective"]["pins"], json!({}));
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn check_config_validates_the_overrides_file_with_the_same_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_imroute"))
+            .arg("check-config")
+            .current_dir(dir)
+            .env("IMROUTE_OVERRIDES_PATH", "ov.yaml")
+            .env("IMROUTE_DATABASE_URL", "sqlite://data/imroute.db")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        dir.path().join("ov.yaml"),
+        "nodes:\n  gw-1: {weight: 70000}\n",
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ov.yaml") && err.contains("weight"), "{err}");
+    std::fs::write(
+        dir.path().join("ov.yaml"),
+        "nodes:\n  gw-1: {weight: 7}\npins: {vip: gw-1}\n",
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", server.addr))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    client
+        .post(format!("{}/admin/nodes", server.addr))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": "gw-1"}))
+        .send()
+        .await
+        .unwrap();
+    let before: Value = get("/admin/overrides").await.unwrap().json().await.unwrap();
+    std::fs::write(
+        dir.path().join("config/overrides.yaml"),
+        "pins: {vip: gw-1}\n",
+    )
+    .unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let reloaded = eventually(DEADLINE, || async {
+        let now: Value = get("/admin/overrides").await.unwrap().json().await.unwrap();
+        now["revision"] != before["revision"]
+    })
+    .await;
+    assert!(reloaded);
+}
