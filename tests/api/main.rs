@@ -4,6 +4,7 @@ mod helpers;
 
 mod cli;
 mod errors;
+mod health;
 mod nodes;
 mod ops;
 mod overrides;
