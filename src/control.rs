@@ -156,7 +156,10 @@ impl Controller {
             probe: config.health.probe,
             ready: AtomicBool::new(false),
         });
-        if let Err(error) = ctl.reload_overrides(&Actor::default()).await {
+        let startup = Actor {
+            request_id: "startup".into(),
+        };
+        if let Err(error) = ctl.reload_overrides(&startup).await {
             tracing::error!(
                 path = %config.overrides_path.display(),
                 error = %error,
@@ -284,6 +287,25 @@ impl Controller {
     }
 
     // ----- nodes -----
+
+    /// A stored record as the API shows it: with the current overrides applied.
+    /// Built from the record itself, so an answer reflects its own write even
+    /// when another write lands right after it.
+    pub fn effective(&self, record: NodeRecord) -> EffectiveNode {
+        let overrides = self.lock_inputs().overrides.clone();
+        match overrides.nodes.get(&record.spec.id) {
+            Some(patch) => EffectiveNode {
+                spec: patch.apply(&record.spec),
+                source: overrides::Source::DbAndOverrides,
+                stored: Some(record),
+            },
+            None => EffectiveNode {
+                spec: record.spec.clone(),
+                source: overrides::Source::Db,
+                stored: Some(record),
+            },
+        }
+    }
 
     pub async fn create_node(
         &self,
@@ -514,9 +536,9 @@ impl Controller {
             return self.reload_failed(e);
         }
         let previous = self.overrides_status();
-        let unchanged = previous.revision == revision
-            && previous.error.is_none()
-            && previous.loaded_at.is_some();
+        // The same content as the overrides in effect: nothing to audit (a
+        // start without a file, or a save that did not change the file).
+        let unchanged = previous.revision == revision;
         let parsed = Arc::new(parsed);
         self.lock_inputs().overrides = parsed.clone();
         self.rebuild();
@@ -535,7 +557,7 @@ impl Controller {
         m.overrides_revision.with_label_values(&[&revision]).set(1);
         if text.is_none() {
             tracing::warn!(path = %path.display(), "Overrides file is absent; no overrides in effect");
-        } else if !unchanged {
+        } else if !unchanged || previous.error.is_some() {
             tracing::info!(path = %path.display(), revision = %revision, "Overrides loaded");
         }
         if !unchanged {

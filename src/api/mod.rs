@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod json_guard;
 pub mod nodes;
 pub mod ops;
 pub mod route;
@@ -171,6 +172,13 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem:
         ),
         _ => ApiError::bad_request("invalid_body", "cannot read the request body"),
     })?;
+    if req.uri().path().starts_with("/admin/")
+        && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    {
+        if let Some(msg) = json_guard::duplicate_key(&bytes) {
+            return Err(ApiError::bad_request("invalid_body", msg).into());
+        }
+    }
     req.set_body(Body::from_bytes(bytes));
     Ok(next.call(req).await?.into_response())
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{actor, auth::AdminAuth, error::ApiError, if_match, ApiTags, AppState};
 use crate::{
     health::{HealthView, Status},
-    model::{Addrs, NodeSpec, NodeState, DEFAULT_WEIGHT},
+    model::{Addrs, NodeRecord, NodeSpec, NodeState, DEFAULT_WEIGHT},
     overrides::{EffectiveNode, Source},
 };
 
@@ -333,21 +333,15 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 impl AppState {
-    /// The effective node as the API shows it, after a write.
-    fn node_response(&self, id: &str, created: bool) -> Result<NodeResponse, ApiError> {
-        let view = self.ctl.view();
-        let node = view
-            .nodes
-            .iter()
-            .find(|n| n.spec.id == id)
-            .ok_or_else(ApiError::internal)?;
-        let dto = node_dto(self, node);
+    /// The answer to a node write: the written record, overrides applied.
+    fn node_response(&self, record: NodeRecord, created: bool) -> NodeResponse {
+        let dto = node_dto(self, &self.ctl.effective(record));
         let tag = etag(dto.version);
-        Ok(if created {
+        if created {
             NodeResponse::Created(Json(dto), tag)
         } else {
             NodeResponse::Ok(Json(dto), tag)
-        })
+        }
     }
 }
 
@@ -395,8 +389,8 @@ impl NodesApi {
             .0
             .into_spec(id)
             .map_err(|e| ApiError::bad_request("invalid_field", e))?;
-        state.ctl.create_node(spec.clone(), &actor(req)).await?;
-        state.node_response(&spec.id, true)
+        let record = state.ctl.create_node(spec, &actor(req)).await?;
+        Ok(state.node_response(record, true))
     }
 
     /// Get a node
@@ -452,8 +446,8 @@ impl NodesApi {
             .0
             .into_spec(id.0.clone())
             .map_err(|e| ApiError::bad_request("invalid_field", e))?;
-        let (_, created) = state.ctl.put_node(spec, expected, &actor(req)).await?;
-        state.node_response(&id, created)
+        let (record, created) = state.ctl.put_node(spec, expected, &actor(req)).await?;
+        Ok(state.node_response(record, created))
     }
 
     /// Change some fields of a node
@@ -475,11 +469,11 @@ impl NodesApi {
     ) -> Result<NodeResponse, ApiError> {
         check_id(&id)?;
         let expected = if_match(if_match_header.0.as_deref())?;
-        state
+        let record = state
             .ctl
             .patch_node(&id, expected, |spec| body.0.apply(spec), &actor(req))
             .await?;
-        state.node_response(&id, false)
+        Ok(state.node_response(record, false))
     }
 
     /// Delete a node

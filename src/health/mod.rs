@@ -226,15 +226,10 @@ impl HealthRegistry {
     }
 
     pub fn view(&self, id: &str) -> HealthView {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh;
-        let e = match entries.get(id) {
-            Some(e) => e,
-            None => {
-                fresh = Entry::new();
-                &fresh
-            }
-        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // The first look at a node starts its `unknown` period, so `since`
+        // stays put between reads.
+        let e = entries.entry(id.to_owned()).or_insert_with(Entry::new);
         HealthView {
             status: e.status,
             since: e.since.clone(),

@@ -4,6 +4,7 @@ mod helpers;
 
 mod cli;
 mod errors;
+mod hardening;
 mod health;
 mod nodes;
 mod ops;
