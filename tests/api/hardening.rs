@@ -105,7 +105,8 @@ async fn hostile_admin_input_changes_nothing() {
     let app = spawn_app().await;
     app.add_node("a", json!({"weight": 5})).await;
     let j = Some("application/json");
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/admin/nodes",
