@@ -47,8 +47,17 @@ pub const ENDPOINTS: &[&str] = &[
 
 /// The endpoint template a path belongs to.
 pub fn endpoint_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match segments.as_slice() {
+    // Up to five segments on the stack: this runs on every request.
+    let mut buf = [""; 5];
+    let mut len = 0;
+    for segment in path.trim_end_matches('/').split('/').skip(1) {
+        if len == buf.len() {
+            return "other";
+        }
+        buf[len] = segment;
+        len += 1;
+    }
+    match &buf[..len] {
         ["route", "batch"] => "/route/batch",
         ["route"] => "/route",
         ["admin", "nodes"] => "/admin/nodes",

@@ -21,10 +21,8 @@ use std::{
     time::Instant,
 };
 
-use poem::{
-    http::HeaderValue, middleware::CatchPanic, Body, Endpoint, EndpointExt, IntoEndpoint,
-    IntoResponse, Request, Response, Route,
-};
+use futures_util::FutureExt;
+use poem::{http::HeaderValue, Body, Endpoint, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 use tracing::Instrument;
 
@@ -148,30 +146,32 @@ fn request_id(req: &Request) -> String {
 }
 
 /// Reads the body into memory up to the limit (413 past it, with or without
-/// Content-Length) so no handler ever sees an oversized body.
-async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem::Result<Response> {
+/// Content-Length) so no handler ever sees an oversized body, and rejects
+/// admin JSON objects with repeated keys.
+async fn limit_body(mut req: Request, max: usize) -> poem::Result<Request> {
+    let too_large = || {
+        ApiError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is over the limit of {max} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::new(
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is over the limit of {max} bytes"),
-        )
-        .into());
+        return Err(too_large().into());
     }
-    let body = req.take_body();
-    let bytes = body.into_bytes_limit(max).await.map_err(|e| match e {
-        poem::error::ReadBodyError::PayloadTooLarge => ApiError::new(
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is over the limit of {max} bytes"),
-        ),
-        _ => ApiError::bad_request("invalid_body", "cannot read the request body"),
-    })?;
+    let bytes = req
+        .take_body()
+        .into_bytes_limit(max)
+        .await
+        .map_err(|e| match e {
+            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+            _ => ApiError::bad_request("invalid_body", "cannot read the request body"),
+        })?;
     if req.uri().path().starts_with("/admin/")
         && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     {
@@ -180,69 +180,93 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem:
         }
     }
     req.set_body(Body::from_bytes(bytes));
-    Ok(next.call(req).await?.into_response())
+    Ok(req)
 }
 
-/// Request id, tracing span, metrics and access log around everything.
-async fn observe<E: Endpoint>(
-    next: E,
-    mut req: Request,
-    metrics: Arc<HashMap<&'static str, EndpointMetrics>>,
-    ctl: Arc<Controller>,
-) -> poem::Result<Response> {
-    let start = Instant::now();
-    let endpoint = endpoint_of(req.uri().path());
-    let rid = request_id(&req);
-    req.extensions_mut().insert(RequestId(rid.clone()));
-    let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = %rid);
-    let mut resp = next
-        .call(req)
-        .instrument(span.clone())
-        .await?
-        .into_response();
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    if let Some(m) = metrics.get(endpoint) {
-        m.duration.observe(elapsed.as_secs_f64());
-        if status == 200 {
-            m.ok.inc();
-        } else {
-            ctl.metrics
-                .http_requests
-                .with_label_values(&[m.endpoint, &status.to_string()])
-                .inc();
+/// Everything around the routes, in one layer (one future per request rather
+/// than one per middleware): request id, shared state, tracing span, body
+/// limit, panic catching, the one error body, metrics.
+struct Outer<E> {
+    inner: E,
+    state: Arc<AppState>,
+    metrics: HashMap<&'static str, EndpointMetrics>,
+    max_body: usize,
+}
+
+impl<E: Endpoint> Outer<E> {
+    async fn handle(&self, req: Request) -> Response {
+        let run = async {
+            let req = limit_body(req, self.max_body).await?;
+            Ok::<_, poem::Error>(self.inner.call(req).await?.into_response())
+        };
+        match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => error_response(err),
+            Err(_) => {
+                tracing::error!("A request handler panicked");
+                ApiError::internal().into_response()
+            }
         }
     }
-    span.in_scope(|| {
-        tracing::debug!(%method, endpoint, status, micros = elapsed.as_micros() as u64, "Request served");
-    });
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("x-request-id", v);
+}
+
+impl<E: Endpoint> Endpoint for Outer<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let start = Instant::now();
+        let endpoint = endpoint_of(req.uri().path());
+        let rid = request_id(&req);
+        req.extensions_mut().insert(RequestId(rid.clone()));
+        req.extensions_mut().insert(self.state.clone());
+        let method = req.method().clone();
+        let span = tracing::info_span!("request", request_id = %rid);
+        let mut resp = if span.is_disabled() {
+            self.handle(req).await
+        } else {
+            self.handle(req).instrument(span.clone()).await
+        };
+        let status = resp.status().as_u16();
+        let elapsed = start.elapsed();
+        if let Some(m) = self.metrics.get(endpoint) {
+            m.duration.observe(elapsed.as_secs_f64());
+            if status == 200 {
+                m.ok.inc();
+            } else {
+                self.state
+                    .ctl
+                    .metrics
+                    .http_requests
+                    .with_label_values(&[m.endpoint, &status.to_string()])
+                    .inc();
+            }
+        }
+        span.in_scope(|| {
+            tracing::debug!(%method, endpoint, status, micros = elapsed.as_micros() as u64, "Request served");
+        });
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        Ok(resp)
     }
-    Ok(resp)
 }
 
 /// The whole HTTP application.
 pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
     let service = openapi_service();
-    let max_body = state.ctl.limits.max_body_bytes;
-    let endpoint_metrics: Arc<HashMap<&'static str, EndpointMetrics>> = Arc::new(
-        ENDPOINTS
-            .iter()
-            .map(|e| (*e, state.ctl.metrics.endpoint(e)))
-            .collect(),
-    );
-    let ctl = state.ctl.clone();
-    Route::new()
+    let metrics = ENDPOINTS
+        .iter()
+        .map(|e| (*e, state.ctl.metrics.endpoint(e)))
+        .collect();
+    let routes = Route::new()
         .nest("/docs", service.swagger_ui())
         .at("/openapi.json", service.spec_endpoint())
         .at("/openapi.yaml", service.spec_endpoint_yaml())
-        .nest("/", service)
-        .around(move |next, req| limit_body(next, req, max_body))
-        .with(CatchPanic::new().with_handler(|_| ApiError::internal().into_response()))
-        .catch_all_error(|err| async move { error_response(err) })
-        .data(state)
-        .around(move |next, req| observe(next, req, endpoint_metrics.clone(), ctl.clone()))
-        .into_endpoint()
+        .nest("/", service);
+    Outer {
+        inner: routes,
+        max_body: state.ctl.limits.max_body_bytes,
+        state,
+        metrics,
+    }
 }

@@ -29,8 +29,16 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Cow<'a, st
             format!("body must be a JSON array of strings, got {what}"),
         ));
     }
+    // Validate UTF-8 once for the whole body (word-at-a-time for ASCII) instead
+    // of once per string inside the parser.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "malformed JSON: the body is not valid UTF-8",
+        ));
+    };
     let failure = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(text);
     let parsed = de
         .deserialize_seq(BatchVisitor {
             limits,
@@ -43,6 +51,20 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Cow<'a, st
             ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
         })),
     }
+}
+
+/// True when `s` holds a control character (Unicode category Cc: U+0000-U+001F,
+/// U+007F-U+009F). Works on bytes: in valid UTF-8, U+0080-U+009F is exactly the
+/// pair 0xC2 0x80..=0x9F, so this equals `s.chars().any(char::is_control)`
+/// without decoding characters.
+#[inline]
+pub fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)))
+    })
 }
 
 struct BatchVisitor<'l> {
@@ -113,7 +135,7 @@ impl UidSeed<'_> {
                 ),
             ));
         }
-        if uid.chars().any(char::is_control) {
+        if has_control(&uid) {
             return Err(self.fail("invalid_uid", "contains a control character".into()));
         }
         Ok(uid)
@@ -222,6 +244,22 @@ mod tests {
         assert_eq!(parse("").unwrap_err().1, "invalid_body");
         assert_eq!(parse(r#"["a""#).unwrap_err().1, "invalid_json");
         assert_eq!(parse(r#"["a"] x"#).unwrap_err().1, "invalid_json");
+    }
+
+    #[test]
+    fn the_byte_level_control_check_equals_char_is_control() {
+        for c in (0u32..0x300)
+            .filter_map(char::from_u32)
+            .chain(['\u{2028}', '\u{feff}', '🙂'])
+        {
+            let s = format!("a{c}b");
+            assert_eq!(
+                has_control(&s),
+                s.chars().any(char::is_control),
+                "{:x}",
+                c as u32
+            );
+        }
     }
 
     #[test]

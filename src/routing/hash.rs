@@ -33,7 +33,7 @@ impl StrategyKind for HashKind {
 
 /// Unweighted rendezvous over a fixed candidate list.
 pub struct HashPlacement {
-    seeds: Box<[hrw::NodeSeed]>,
+    seeds: Box<[u32]>,
 }
 
 impl HashPlacement {
@@ -47,6 +47,6 @@ impl HashPlacement {
 impl Placement for HashPlacement {
     #[inline]
     fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
-        hrw::argmax(uid, &self.seeds)
+        hrw::argmax(uid, &self.seeds).map(|(i, _)| i)
     }
 }

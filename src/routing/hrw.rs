@@ -1,125 +1,117 @@
 //! The rendezvous (highest random weight) core shared by every strategy.
 //!
-//! A uid is hashed once per request (`uid_hash`); every node carries a seed
-//! computed once per snapshot (`node_seed`). The score of a (uid, node) pair is a
-//! cheap 64-bit mix of the two, so scoring N nodes costs N multiplications-worth
-//! of work and no further hashing. Both hashes are xxh3 with fixed seeds: the same
-//! uid and node id give the same score on every process, run and platform.
+//! A uid is hashed once per request (`uid_hash`, xxh3-64); every node carries a
+//! 32-bit seed computed once per snapshot (`node_seed`). The score of a
+//! (uid, node) pair is the murmur3 finaliser `fmix32` of their xor: a bijective
+//! mixer with full avalanche, so the scores of one uid across nodes behave as
+//! independent uniform draws, which the balance and minimal-movement guarantees
+//! of rendezvous hashing rest on. It uses 32-bit lanes only, so ranking N nodes
+//! vectorises (8 nodes per AVX2 instruction) and needs no further hashing.
+//! Both hashes use fixed seeds: the same uid and node id give the same score on
+//! every process, run and platform, with or without SIMD.
 
-use xxhash_rust::xxh3::xxh3_128_with_seed;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Fixed seed for uid hashes. Changing it reshuffles every user: never do that.
 const UID_SEED: u64 = 0x696d_726f_7574_6531; // "imroute1"
 /// Fixed seed for node-id hashes, distinct from the uid seed.
 const NODE_SEED: u64 = 0x6e6f_6465_7365_6564; // "nodeseed"
 
-/// 128 bits of xxh3 of a uid, computed once per uid per request.
+/// xxh3-64 of a uid, computed once per uid per request. The full 64 bits key
+/// the per-request dedupe set and the pin lookups; `key32` feeds the scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UidHash {
-    pub lo: u64,
-    pub hi: u64,
-}
+pub struct UidHash(pub u64);
 
-/// 128 bits of xxh3 of a node id, computed once per node per snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct NodeSeed {
-    pub lo: u64,
-    pub hi: u64,
-}
-
-fn split(h: u128) -> (u64, u64) {
-    (h as u64, (h >> 64) as u64)
+impl UidHash {
+    /// Both halves folded into the 32 bits that are scored.
+    #[inline(always)]
+    pub fn key32(self) -> u32 {
+        (self.0 ^ (self.0 >> 32)) as u32
+    }
 }
 
 /// Hash of a uid, computed once per uid per request.
 #[inline]
 pub fn uid_hash(uid: &str) -> UidHash {
-    let (lo, hi) = split(xxh3_128_with_seed(uid.as_bytes(), UID_SEED));
-    UidHash { lo, hi }
+    UidHash(xxh3_64_with_seed(uid.as_bytes(), UID_SEED))
 }
 
 /// Seed of a node, computed once per node per snapshot.
 #[inline]
-pub fn node_seed(node_id: &str) -> NodeSeed {
-    let (lo, hi) = split(xxh3_128_with_seed(node_id.as_bytes(), NODE_SEED));
-    NodeSeed { lo, hi }
+pub fn node_seed(node_id: &str) -> u32 {
+    let h = xxh3_64_with_seed(node_id.as_bytes(), NODE_SEED);
+    (h ^ (h >> 32)) as u32
 }
 
-/// Score of a (uid, node) pair: the folded 128-bit product of the two halves
-/// of `uid ^ seed` (the "mum" mixer at the core of wyhash). One
-/// multiplication per node; every bit of both hashes reaches the high and low
-/// halves, so the scores of one uid across nodes behave as independent uniform
-/// draws, which the balance and minimal-movement guarantees rest on.
+/// Score of a (uid, node) pair.
 #[inline(always)]
-pub fn score(uid: UidHash, node: NodeSeed) -> u64 {
-    let product = u128::from(uid.lo ^ node.lo) * u128::from(uid.hi ^ node.hi);
-    (product as u64) ^ ((product >> 64) as u64)
+pub fn score(uid: u32, seed: u32) -> u32 {
+    let mut x = uid ^ seed;
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^= x >> 16;
+    x
 }
 
-/// Low bits of a packed key that hold the (complemented) node index.
-pub const INDEX_BITS: u32 = 20;
-const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
-/// The most nodes one placement can rank.
-pub const MAX_NODES: usize = INDEX_MASK as usize;
+/// Scores are computed in blocks of this many nodes on the stack.
+const BLOCK: usize = 64;
 
-/// A score and an index packed so that the larger key has the higher score
-/// and, on equal scores, the lower index: `score[63:20] | (MASK - index)`.
-/// Comparing keys is then a plain `max`, with no branch to mispredict.
+/// The portable body of [`argmax`]; compiled once per instruction set.
 #[inline(always)]
-fn key(uid: UidHash, seed: NodeSeed, index: usize) -> u64 {
-    (score(uid, seed) & !INDEX_MASK) | (INDEX_MASK - index as u64)
-}
-
-/// The highest packed key among `seeds` (which must be non-empty and at most
-/// `MAX_NODES` long). Four independent running maxima keep the dependency
-/// chain short, so the loop runs at the multiplier's throughput.
-#[inline]
-pub fn max_key(uid: UidHash, seeds: &[NodeSeed]) -> u64 {
-    debug_assert!(!seeds.is_empty() && seeds.len() <= MAX_NODES);
-    let mut acc = [0u64; 4];
-    let chunks = seeds.chunks_exact(4);
-    let tail = chunks.remainder();
-    for (c, chunk) in chunks.enumerate() {
-        for j in 0..4 {
-            acc[j] = acc[j].max(key(uid, chunk[j], c * 4 + j));
+fn argmax_body(uid: u32, seeds: &[u32]) -> Option<(usize, u32)> {
+    let mut best: Option<(usize, u32)> = None;
+    for (b, block) in seeds.chunks(BLOCK).enumerate() {
+        let mut buf = [0u32; BLOCK];
+        let buf = &mut buf[..block.len()];
+        for (out, &seed) in buf.iter_mut().zip(block) {
+            *out = score(uid, seed);
+        }
+        let top = buf.iter().copied().fold(0, u32::max);
+        // Strictly greater: a tie keeps the earlier block, and `position`
+        // finds the first index within a block, so ties go to the lowest index.
+        if best.is_none_or(|(_, s)| top > s) {
+            let i = buf.iter().position(|&s| s == top).unwrap_or(0);
+            best = Some((b * BLOCK + i, top));
         }
     }
-    let base = seeds.len() - tail.len();
-    for (j, &seed) in tail.iter().enumerate() {
-        acc[0] = acc[0].max(key(uid, seed, base + j));
-    }
-    acc[0].max(acc[1]).max(acc[2].max(acc[3]))
+    best
 }
 
-/// The index a packed key names.
-#[inline(always)]
-pub fn key_index(key: u64) -> usize {
-    (INDEX_MASK - (key & INDEX_MASK)) as usize
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn argmax_avx2(uid: u32, seeds: &[u32]) -> Option<(usize, u32)> {
+    argmax_body(uid, seeds)
 }
 
-/// The score part of a packed key (low index bits cleared).
-#[inline(always)]
-pub fn key_score(key: u64) -> u64 {
-    key & !INDEX_MASK
-}
-
-/// Index of the highest score among `seeds`; equal scores go to the lowest
-/// index. Callers keep `seeds` in node-id order, so a tie goes to the smallest
-/// node id and the answer never depends on the order nodes were created in.
+/// Index and score of the highest score among `seeds`; equal scores go to the
+/// lowest index. Callers keep `seeds` in node-id order, so a tie goes to the
+/// smallest node id and the answer never depends on the order nodes were
+/// created in. Uses AVX2 where the CPU has it; the result is identical.
 #[inline]
-pub fn argmax(uid: UidHash, seeds: &[NodeSeed]) -> Option<usize> {
-    if seeds.is_empty() {
-        return None;
+pub fn argmax(uid: UidHash, seeds: &[u32]) -> Option<(usize, u32)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { argmax_avx2(uid.key32(), seeds) };
+        }
     }
-    Some(key_index(max_key(uid, seeds)))
+    argmax_body(uid.key32(), seeds)
+}
+
+/// The same as [`argmax`] without SIMD, for tests that compare the two.
+pub fn argmax_portable(uid: UidHash, seeds: &[u32]) -> Option<(usize, u32)> {
+    argmax_body(uid.key32(), seeds)
 }
 
 /// Maps a score to a uniform draw in the open interval (0, 1).
 #[inline(always)]
-pub fn unit_interval(score: u64) -> f64 {
-    // 52 bits, offset by half a step so that 0 and 1 are never hit (ln(0)
-    // would be -inf and ln(1) zero); every value is exact in an f64.
-    ((score >> 12) as f64 + 0.5) * (1.0 / (1u64 << 52) as f64)
+pub fn unit_interval(score: u32) -> f64 {
+    // Offset by half a step so that 0 and 1 are never hit (ln(0) would be
+    // -inf and ln(1) zero); every value is exact in an f64.
+    (f64::from(score) + 0.5) * (1.0 / 4_294_967_296.0)
 }
 
 /// Weighted rendezvous score (logarithmic method, Schindelhauer and Schomaker):
@@ -127,8 +119,39 @@ pub fn unit_interval(score: u64) -> f64 {
 /// node does not depend on the others, so a weight change moves users only to or
 /// from the changed node.
 #[inline(always)]
-pub fn weighted_score(weight: f64, score: u64) -> f64 {
-    weight / -unit_interval(score).ln()
+pub fn weighted_score(weight: f64, score: u32) -> f64 {
+    weight / -ln(unit_interval(score))
+}
+
+/// Natural logarithm of a positive, finite, normal `x`, from IEEE basic
+/// operations only. The platform's `ln` may differ in the last bit between C
+/// libraries; this one gives the same bits everywhere, so weighted answers are
+/// identical on every replica. Accurate to about 1e-16 relative.
+#[inline]
+pub fn ln(x: f64) -> f64 {
+    const LN2: f64 = std::f64::consts::LN_2;
+    const SQRT2: f64 = std::f64::consts::SQRT_2;
+    let bits = x.to_bits();
+    let mut exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    // Mantissa in [1, 2), then moved to [sqrt(2)/2, sqrt(2)) so s stays small.
+    let mut m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    if m > SQRT2 {
+        m *= 0.5;
+        exponent += 1;
+    }
+    // ln(m) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), s = (m-1)/(m+1) < 0.172.
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    let series = 1.0
+        + s2 * (1.0 / 3.0
+            + s2 * (1.0 / 5.0
+                + s2 * (1.0 / 7.0
+                    + s2 * (1.0 / 9.0
+                        + s2 * (1.0 / 11.0
+                            + s2 * (1.0 / 13.0
+                                + s2 * (1.0 / 15.0
+                                    + s2 * (1.0 / 17.0 + s2 * (1.0 / 19.0 + s2 / 21.0)))))))));
+    exponent as f64 * LN2 + 2.0 * s * series
 }
 
 #[cfg(test)]
@@ -140,22 +163,50 @@ mod tests {
         // Golden values: if these change, every deployed user would move.
         assert_eq!(uid_hash("user1"), uid_hash("user1"));
         assert_ne!(uid_hash("user1"), uid_hash("user2"));
-        assert_ne!(uid_hash("gw-1").lo, node_seed("gw-1").lo);
+        assert_eq!(score(0, 0), 0);
+        assert_ne!(score(1, 0), score(2, 0));
     }
 
     #[test]
     fn unit_interval_never_reaches_its_bounds() {
         assert!(unit_interval(0) > 0.0);
-        assert!(unit_interval(u64::MAX) < 1.0);
+        assert!(unit_interval(u32::MAX) < 1.0);
         assert!(weighted_score(1.0, 0).is_finite());
-        assert!(weighted_score(1.0, u64::MAX).is_finite());
+        assert!(weighted_score(1.0, u32::MAX).is_finite());
+    }
+
+    #[test]
+    fn ln_matches_the_platform_to_a_few_ulps() {
+        for i in 0..100_000u32 {
+            let x = unit_interval(i.wrapping_mul(2_654_435_761));
+            let (a, b) = (ln(x), x.ln());
+            assert!(
+                (a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1e-300),
+                "ln({x}): {a} vs {b}"
+            );
+        }
+        assert_eq!(ln(1.0), 0.0);
+        assert!((ln(2.0) - std::f64::consts::LN_2).abs() < 1e-16);
     }
 
     #[test]
     fn argmax_breaks_ties_towards_the_lowest_index() {
-        let seed = NodeSeed { lo: 7, hi: 9 };
-        let uid = UidHash { lo: 1, hi: 2 };
-        assert_eq!(argmax(uid, &[seed, seed, seed]), Some(0));
+        let uid = UidHash(12345);
+        assert_eq!(argmax(uid, &[7, 7, 7]).map(|b| b.0), Some(0));
         assert_eq!(argmax(uid, &[]), None);
+        // A tie across blocks keeps the earlier block.
+        let seeds = vec![9u32; 3 * BLOCK + 5];
+        assert_eq!(argmax(uid, &seeds).map(|b| b.0), Some(0));
+    }
+
+    #[test]
+    fn simd_and_portable_paths_agree() {
+        for n in [1usize, 3, 8, 63, 64, 65, 100, 1000] {
+            let seeds: Vec<u32> = (0..n).map(|i| node_seed(&format!("node-{i}"))).collect();
+            for u in 0..500 {
+                let uid = uid_hash(&format!("u{u}"));
+                assert_eq!(argmax(uid, &seeds), argmax_portable(uid, &seeds), "n={n}");
+            }
+        }
     }
 }

@@ -9,12 +9,7 @@
 
 use serde_json::Value;
 
-use super::{
-    hash::HashKind,
-    hrw::{NodeSeed, UidHash},
-    region::RegionKind,
-    weighted::WeightedKind,
-};
+use super::{hash::HashKind, hrw::UidHash, region::RegionKind, weighted::WeightedKind};
 
 /// A node as strategies see it: routable, in node-id order.
 #[derive(Debug, Clone, Copy)]
@@ -23,7 +18,7 @@ pub struct Candidate<'a> {
     pub region: Option<&'a str>,
     pub weight: u16,
     /// `hrw::node_seed(id)`, computed once per snapshot.
-    pub seed: NodeSeed,
+    pub seed: u32,
 }
 
 /// A built strategy: picks one candidate index for a uid.

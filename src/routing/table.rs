@@ -1,8 +1,8 @@
 //! The routing table: one immutable snapshot of everything routing reads.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    hash::{BuildHasherDefault, Hash, Hasher},
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasherDefault, Hasher},
 };
 
 use serde::Serialize;
@@ -88,20 +88,48 @@ impl Hasher for PassThrough {
     }
 }
 
-/// A uid with its precomputed hash, so sets and maps never hash it again.
-#[derive(PartialEq, Eq)]
-struct Hashed<'a> {
-    hash: u64,
-    uid: &'a str,
+/// The uids of one batch seen so far: open addressing over the uids' routing
+/// hashes (no rehashing), linear probing, sized to at most half full.
+struct SeenSet {
+    /// Position in the batch + 1 of the uid in each slot; 0 is empty.
+    slots: Vec<u32>,
+    mask: usize,
 }
 
-impl Hash for Hashed<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+impl SeenSet {
+    fn with_capacity(n: usize) -> Self {
+        let size = if n > 1 {
+            (2 * n).next_power_of_two()
+        } else {
+            0
+        };
+        SeenSet {
+            slots: vec![0; size],
+            mask: size.wrapping_sub(1),
+        }
+    }
+
+    /// Adds the uid at `pos`; false when an equal uid was added before.
+    #[inline]
+    fn insert(&mut self, hash: u64, pos: usize, hashes: &[u64], uids: &[&str]) -> bool {
+        let mut slot = (hash as usize) & self.mask;
+        loop {
+            match self.slots[slot] {
+                0 => {
+                    self.slots[slot] = pos as u32 + 1;
+                    return true;
+                }
+                other => {
+                    let seen = other as usize - 1;
+                    if hashes[seen] == hash && uids[seen] == uids[pos] {
+                        return false;
+                    }
+                    slot = (slot + 1) & self.mask;
+                }
+            }
+        }
     }
 }
-
-type FastSet<'a> = HashSet<Hashed<'a>, BuildHasherDefault<PassThrough>>;
 
 type Bucket<V> = Vec<(Box<str>, V)>;
 
@@ -118,7 +146,7 @@ impl<V> UidMap<V> {
     }
     fn insert(&mut self, uid: &str, value: V) {
         self.map
-            .entry(hrw::uid_hash(uid).lo)
+            .entry(hrw::uid_hash(uid).0)
             .or_default()
             .push((uid.into(), value));
     }
@@ -179,8 +207,8 @@ impl Table {
         let healthy: Vec<&NodeInput> = eligible.iter().copied().filter(|n| n.healthy).collect();
         let panic = healthy.is_empty() && !eligible.is_empty();
         let mut routable = if panic { eligible } else { healthy };
-        // Placements rank at most hrw::MAX_NODES (about a million) nodes.
-        routable.truncate(hrw::MAX_NODES);
+        // Candidate indexes are u32 throughout.
+        routable.truncate(u32::MAX as usize);
 
         let candidates: Vec<Candidate<'_>> = routable
             .iter()
@@ -287,12 +315,12 @@ impl Table {
         hash: hrw::UidHash,
         region_hint: Option<&str>,
     ) -> Option<usize> {
-        if let Some(&i) = self.pins.get(hash.lo, uid) {
+        if let Some(&i) = self.pins.get(hash.0, uid) {
             return Some(i as usize);
         }
         let region = if self.uses_region {
             self.user_regions
-                .get(hash.lo, uid)
+                .get(hash.0, uid)
                 .map(|r| &**r)
                 .or(region_hint)
         } else {
@@ -338,14 +366,13 @@ impl Table {
         let mut group_node: Vec<u32> = Vec::new();
         let mut group_len: Vec<u32> = Vec::new();
         let mut assigned: Vec<u32> = Vec::with_capacity(uids.len());
-        let mut seen: FastSet<'_> = FastSet::default();
-        if uids.len() > 1 {
-            seen.reserve(uids.len());
-        }
+        let mut seen = SeenSet::with_capacity(uids.len());
+        let mut hashes: Vec<u64> = Vec::with_capacity(uids.len());
         let mut out_len = 2usize;
         for &uid in uids {
             let hash = hrw::uid_hash(uid);
-            if uids.len() > 1 && !seen.insert(Hashed { hash: hash.lo, uid }) {
+            hashes.push(hash.0);
+            if uids.len() > 1 && !seen.insert(hash.0, hashes.len() - 1, &hashes, uids) {
                 assigned.push(SKIP);
                 continue;
             }
@@ -408,7 +435,11 @@ impl Table {
 #[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    // A branch-free fold (no early exit) that the compiler can vectorise.
+    let needs_escape = s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if needs_escape {
         let quoted = serde_json::to_string(s).expect("serialising a str cannot fail");
         out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
     } else {

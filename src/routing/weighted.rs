@@ -39,7 +39,7 @@ impl StrategyKind for WeightedKind {
 struct WeightGroup {
     weight: f64,
     /// Seeds of the group's members, in candidate (node-id) order.
-    seeds: Box<[hrw::NodeSeed]>,
+    seeds: Box<[u32]>,
     /// Candidate index of each member.
     index: Box<[u32]>,
 }
@@ -62,7 +62,7 @@ impl WeightedPlacement {
             .into_iter()
             .map(|w| {
                 let members = candidates.iter().enumerate().filter(|(_, c)| c.weight == w);
-                let (index, seeds): (Vec<u32>, Vec<hrw::NodeSeed>) =
+                let (index, seeds): (Vec<u32>, Vec<u32>) =
                     members.map(|(i, c)| (i as u32, c.seed)).unzip();
                 WeightGroup {
                     weight: f64::from(w),
@@ -81,9 +81,17 @@ impl Placement for WeightedPlacement {
         let mut best: Option<(f64, u32)> = None;
         for group in self.groups.iter() {
             // Highest raw score within the group; ties to the lowest node id.
-            let key = hrw::max_key(uid, &group.seeds);
-            let score = hrw::weighted_score(group.weight, hrw::key_score(key));
-            let index = group.index[hrw::key_index(key)];
+            // Groups of one (every weight distinct) skip the ranking.
+            let (top, raw) = if let [seed] = *group.seeds {
+                (0, hrw::score(uid.key32(), seed))
+            } else {
+                match hrw::argmax(uid, &group.seeds) {
+                    Some(best) => best,
+                    None => continue,
+                }
+            };
+            let score = hrw::weighted_score(group.weight, raw);
+            let index = group.index[top];
             best = match best {
                 Some((b, bi)) if b > score || (b == score && bi < index) => Some((b, bi)),
                 _ => Some((score, index)),
