@@ -102,6 +102,11 @@ impl Application {
         self.state.ctl.clone()
     }
 
+    /// The state handlers share (for serving a second view of the same app).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets
     /// requests in flight finish (up to 30 s).
     pub async fn run_until_stopped(

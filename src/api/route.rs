@@ -168,6 +168,121 @@ fn parse_region(v: Option<&str>) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// The routing query parameters, parsed once.
+pub struct RouteQuery {
+    pub uid: Option<String>,
+    pub intranet: bool,
+    pub region: Option<String>,
+}
+
+impl RouteQuery {
+    fn new(
+        uid: Option<String>,
+        intranet: Option<&str>,
+        region: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let intranet = parse_intranet(intranet)?;
+        parse_region(region.as_deref())?;
+        Ok(RouteQuery {
+            uid,
+            intranet,
+            region: region.filter(|r| !r.is_empty()),
+        })
+    }
+
+    /// Parses a raw query string (`intranet=1&region=eu`); unknown parameters
+    /// are ignored, as the documented operation ignores them.
+    pub fn parse(query: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                "the query string is not valid form encoding",
+            )
+        })?;
+        let mut uid = None;
+        let mut intranet = None;
+        let mut region = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "uid" => uid = uid.or(Some(value)),
+                "intranet" => intranet = intranet.or(Some(value)),
+                "region" => region = region.or(Some(value)),
+                _ => {}
+            }
+        }
+        Self::new(uid, intranet.as_deref(), region)
+    }
+}
+
+/// `POST /route/batch`, shared by the served fast path and the documented
+/// operation.
+pub fn batch(
+    state: &AppState,
+    query: &RouteQuery,
+    body: &[u8],
+) -> Result<RoutedJson<Vec<RouteGroup>>, ApiError> {
+    let uids = parse_batch(body, &state.ctl.limits)?;
+    let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
+    let snap = state.ctl.snapshot();
+    let json = snap
+        .table
+        .route_batch_json(&refs, query.region.as_deref(), query.intranet, |node, n| {
+            snap.routed[node].inc_by(n as u64)
+        })
+        .map_err(|_| ApiError::no_routable_node())?;
+    Ok(RoutedJson::new(json, snap.table.revision()))
+}
+
+/// `GET /route`, shared by the served fast path and the documented operation.
+pub fn one(state: &AppState, query: &RouteQuery) -> Result<RoutedJson<RouteAnswer>, ApiError> {
+    let uid = query
+        .uid
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("invalid_query", "uid: required"))?;
+    crate::overrides::model::check_uid(uid, state.ctl.limits.max_uid_bytes)
+        .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
+    let snap = state.ctl.snapshot();
+    let (node, json) = snap
+        .table
+        .route_one_json(uid, query.region.as_deref(), query.intranet)
+        .map_err(|_| ApiError::no_routable_node())?;
+    snap.routed[node].inc();
+    Ok(RoutedJson::new(json, snap.table.revision()))
+}
+
+/// The hot path: `POST /route/batch` and `GET /route` answered straight from
+/// the outer endpoint, without the router and the per-operation extractor
+/// stack (a third more requests per second for small batches). `None` for
+/// every other request. The answers are those of the documented operations
+/// below; a test checks that both paths agree.
+pub async fn fast_path(state: &AppState, req: &mut Request) -> Option<Response> {
+    let method = req.method();
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    if method == poem::http::Method::POST && path == "/route/batch" {
+        let answer = match req.content_type() {
+            Some(ct) if UidBatch::check_content_type(ct) => match RouteQuery::parse(query) {
+                Ok(q) => {
+                    let body = req.take_body().into_bytes().await.unwrap_or_default();
+                    batch(state, &q, &body).map(IntoResponse::into_response)
+                }
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            )),
+        };
+        return Some(answer.unwrap_or_else(IntoResponse::into_response));
+    }
+    if method == poem::http::Method::GET && path == "/route" {
+        let answer = RouteQuery::parse(query).and_then(|q| one(state, &q));
+        return Some(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response));
+    }
+    None
+}
+
 #[OpenApi(tag = "ApiTags::Routing")]
 impl RouteApi {
     /// Route a batch of users
@@ -185,18 +300,8 @@ impl RouteApi {
         region: Query<Option<String>>,
         body: UidBatch,
     ) -> Result<RoutedJson<Vec<RouteGroup>>, ApiError> {
-        let intranet = parse_intranet(intranet.0.as_deref())?;
-        let region = parse_region(region.0.as_deref())?;
-        let uids = parse_batch(&body.0, &state.ctl.limits)?;
-        let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
-        let snap = state.ctl.snapshot();
-        let json = snap
-            .table
-            .route_batch_json(&refs, region, intranet, |node, n| {
-                snap.routed[node].inc_by(n as u64)
-            })
-            .map_err(|_| ApiError::no_routable_node())?;
-        Ok(RoutedJson::new(json, snap.table.revision()))
+        let query = RouteQuery::new(None, intranet.0.as_deref(), region.0)?;
+        batch(&state, &query, &body.0)
     }
 
     /// Route one user
@@ -211,19 +316,7 @@ impl RouteApi {
         /// The caller's region hint.
         region: Query<Option<String>>,
     ) -> Result<RoutedJson<RouteAnswer>, ApiError> {
-        let intranet = parse_intranet(intranet.0.as_deref())?;
-        let region = parse_region(region.0.as_deref())?;
-        let uid = uid
-            .0
-            .ok_or_else(|| ApiError::bad_request("invalid_query", "uid: required"))?;
-        crate::overrides::model::check_uid(&uid, state.ctl.limits.max_uid_bytes)
-            .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
-        let snap = state.ctl.snapshot();
-        let (node, json) = snap
-            .table
-            .route_one_json(&uid, region, intranet)
-            .map_err(|_| ApiError::no_routable_node())?;
-        snap.routed[node].inc();
-        Ok(RoutedJson::new(json, snap.table.revision()))
+        let query = RouteQuery::new(uid.0, intranet.0.as_deref(), region.0)?;
+        one(&state, &query)
     }
 }

@@ -21,6 +21,7 @@ pub const TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct TestApp {
     pub addr: String,
+    pub state: std::sync::Arc<imroute::api::AppState>,
     pub token: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
@@ -63,6 +64,7 @@ pub async fn start(dir: TempDir, config: Config) -> TestApp {
         .expect("app builds");
     let addr = format!("http://{}", app.addr());
     let token = app.admin_token().to_owned();
+    let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -73,6 +75,7 @@ pub async fn start(dir: TempDir, config: Config) -> TestApp {
     });
     TestApp {
         addr,
+        state,
         token,
         client: reqwest::Client::new(),
         dir,

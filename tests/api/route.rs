@@ -300,3 +300,86 @@ async fn limits_come_from_the_config() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
 }
+
+/// `/route` and `/route/batch` are served by a fast path that skips the
+/// router; the documented poem-openapi operations must answer the same.
+#[tokio::test]
+async fn the_fast_path_answers_exactly_like_the_documented_operations() {
+    use poem::listener::{Acceptor, Listener};
+    let app = spawn_app().await;
+    app.add_node(
+        "a",
+        json!({"region": "eu", "intranet": {"tcp_addr": "10.0.0.1:1"}}),
+    )
+    .await;
+    app.add_node("b", json!({"region": "us"})).await;
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
+    let documented = imroute::api::build_app_with(app.state.clone(), false);
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(documented));
+    let slow = format!("http://127.0.0.1:{port}");
+
+    let batches: Vec<(&str, Option<&str>, &str)> = vec![
+        (
+            "intranet=0",
+            Some("application/json"),
+            r#"["u1","u2","u3","u1"]"#,
+        ),
+        (
+            "intranet=1&region=eu",
+            Some("application/json"),
+            r#"["x","y"]"#,
+        ),
+        ("", Some("application/json; charset=utf-8"), r#"[]"#),
+        ("intranet=2", Some("application/json"), r#"["x"]"#),
+        ("region=b%20d", Some("application/json"), r#"["x"]"#),
+        ("intranet=0", Some("text/plain"), r#"["x"]"#),
+        ("intranet=0", None, r#"["x"]"#),
+        ("intranet=0", Some("application/json"), r#"["x",""]"#),
+        ("intranet=0", Some("application/json"), r#"{"x":1}"#),
+        ("intranet=0&unknown=1", Some("application/json"), r#"["x"]"#),
+    ];
+    for (query, ct, body) in batches {
+        let mut answers = Vec::new();
+        for base in [&app.addr, &slow] {
+            let mut req = app
+                .client
+                .post(format!("{base}/route/batch?{query}"))
+                .body(body);
+            if let Some(ct) = ct {
+                req = req.header("content-type", ct);
+            }
+            let resp = req.send().await.unwrap();
+            let rev = resp.headers().get("x-routing-revision").cloned();
+            answers.push((resp.status(), rev, resp.text().await.unwrap()));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "POST /route/batch?{query} {ct:?} {body}"
+        );
+    }
+    for query in [
+        "uid=u1",
+        "uid=u1&intranet=1",
+        "uid=u1&region=us",
+        "",
+        "uid=",
+        "uid=u1&intranet=x",
+        "uid=%E7%94%A8",
+    ] {
+        let mut answers = Vec::new();
+        for base in [&app.addr, &slow] {
+            let resp = app
+                .client
+                .get(format!("{base}/route?{query}"))
+                .send()
+                .await
+                .unwrap();
+            answers.push((resp.status(), resp.text().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1], "GET /route?{query}");
+    }
+}
