@@ -112,22 +112,19 @@ echo "req/s $rps, p50 ${p50} ms, p99 ${p99} ms"
 echo
 echo "## Throughput while admin writes and overrides reloads arrive (100-uid batches)"
 f="$work/body-100.json"
-read -r base _ _ <<<"$(run "$BASE/route/batch?intranet=0" "$f")"
-(
-  end=$((SECONDS + ${DURATION%s} + 1)); i=0
-  while [ $SECONDS -lt $end ]; do
-    i=$((i + 1))
-    curl -s -o /dev/null -X PATCH "$BASE/admin/nodes/gw-$((i % NODES + 1))" -H "Authorization: Bearer $TOKEN" -H "$H" \
-      -d "{\"weight\": $((100 + i % 7))}"
-    printf 'pins:\n  vip-%d: gw-1\n' "$i" >"$work/overrides.yaml.tmp" && mv "$work/overrides.yaml.tmp" "$work/overrides.yaml"
-    sleep 0.05
-  done
-) &
+read -r s0 c0 <<<"$(server_stats)"
+read -r base _ base_p99 <<<"$(run "$BASE/route/batch?intranet=0" "$f")"
+read -r s1 c1 <<<"$(server_stats)"
+"${LOAD_CPU[@]}" python3 bench/churn.py "$BASE" "$TOKEN" "$work/overrides.yaml" "${DURATION%s}" "$NODES" >"$work/churn.out" &
 churn=$!
-read -r busy _ _ <<<"$(run "$BASE/route/batch?intranet=0" "$f")"
-wait "$churn" || true
-rebuilds=$(curl -s "$BASE/metrics" | awk '/^imroute_routing_table_rebuilds_total/ {print $2}')
-awk -v a="$base" -v b="$busy" -v r="$rebuilds" 'BEGIN { printf "quiet %.0f req/s, during writes and reloads %.0f req/s (%.1f%%); %d table rebuilds in all\n", a, b, (b / a - 1) * 100, r }'
+read -r busy _ busy_p99 <<<"$(run "$BASE/route/batch?intranet=0" "$f")"
+read -r s2 c2 <<<"$(server_stats)"
+wait "$churn"
+reloads=$(curl -s "$BASE/metrics" | awk '/^imroute_overrides_reloads_total\{result="ok"\}/ {print $2}')
+awk -v a="$base" -v b="$busy" -v ap="$base_p99" -v bp="$busy_p99" -v s0="$s0" -v s1="$s1" -v s2="$s2" -v c0="$c0" -v c1="$c1" -v c2="$c2" 'BEGIN {
+  printf "quiet: %.0f req/s, p99 %.3f ms, server mean %.4f ms\n", a, ap, (s1 - s0) / (c1 - c0) * 1000
+  printf "busy:  %.0f req/s, p99 %.3f ms, server mean %.4f ms (%+.1f%% req/s)\n", b, bp, (s2 - s1) / (c2 - c1) * 1000, (b / a - 1) * 100 }'
+echo "churn: $(cat "$work/churn.out"); $reloads successful overrides loads in all"
 
 echo
 echo "## Memory with 1,000 nodes and 10,000 pins"

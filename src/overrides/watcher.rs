@@ -12,6 +12,9 @@ use crate::{control::Controller, store::Actor};
 
 /// How long the folder must be quiet before a reload: editors write in bursts.
 pub const SETTLE: Duration = Duration::from_millis(200);
+/// The longest a reload waits after the first change of a burst, so a file
+/// that keeps changing is still picked up well within a second.
+pub const MAX_DELAY: Duration = Duration::from_millis(700);
 
 /// Starts the watcher; it lives as long as the returned handle.
 pub fn spawn(ctl: Arc<Controller>) -> Result<notify::RecommendedWatcher, notify::Error> {
@@ -42,10 +45,15 @@ pub fn spawn(ctl: Arc<Controller>) -> Result<notify::RecommendedWatcher, notify:
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Settle: keep draining until the folder is quiet for SETTLE.
+            // Settle: keep draining until the folder is quiet for SETTLE, but
+            // no longer than MAX_DELAY after the first event.
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
-                match tokio::time::timeout(SETTLE, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                let wait =
+                    SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(Some(())) => break,
                     Ok(None) => return,
                     Err(_) => break,
                 }

@@ -410,3 +410,35 @@ async fn sighup_reloads_the_file() {
     .await;
     assert!(reloaded);
 }
+
+#[tokio::test]
+async fn a_file_that_keeps_changing_is_still_reloaded() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    // Rewrite every 50 ms, faster than the settle time, for two seconds: the
+    // watcher must not wait for a quiet moment that never comes.
+    let writer = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                save_by_rename(&path, &format!("pins:\n  vip-{i}: gw-1\n"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let reloaded_while_busy = eventually(Duration::from_millis(1800), || async {
+        overrides(&app).await["effective"]["pins"]
+            .as_object()
+            .is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    writer.await.unwrap();
+    assert!(reloaded_while_busy, "no reload during a stream of saves");
+    let last = eventually(DEADLINE, || async {
+        overrides(&app).await["effective"]["pins"]
+            .get("vip-39")
+            .is_some()
+    })
+    .await;
+    assert!(last, "the final content is applied");
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Admin writes and overrides reloads at a steady rate, for bench/load.sh.
+
+Usage: churn.py BASE_URL TOKEN OVERRIDES_PATH SECONDS NODES
+Every 50 ms it PATCHes one node's weight; every 100 ms it rewrites the
+overrides file by rename (as editors do). One process, one keep-alive
+connection, so the load it adds is the server's work, not process start-up.
+"""
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.parse
+
+base, token, overrides, seconds, nodes = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+url = urllib.parse.urlparse(base)
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+end = time.monotonic() + seconds
+i = writes = reloads = 0
+while time.monotonic() < end:
+    i += 1
+    body = json.dumps({"weight": 100 + i % 7})
+    conn.request("PATCH", f"/admin/nodes/gw-{i % nodes + 1}", body, headers)
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 200:
+        sys.exit(f"PATCH answered {resp.status}")
+    writes += 1
+    if i % 2 == 0:
+        tmp = overrides + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"pins:\n  vip-{i}: gw-1\n")
+        os.replace(tmp, overrides)
+        reloads += 1
+    time.sleep(0.05)
+print(f"{writes} admin writes, {reloads} overrides rewrites")
