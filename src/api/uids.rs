@@ -37,6 +37,9 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Cow<'a, st
             "malformed JSON: the body is not valid UTF-8",
         ));
     };
+    if let Some(uids) = parse_simple(text, limits) {
+        return Ok(uids);
+    }
     let failure = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = de
@@ -50,6 +53,56 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Cow<'a, st
         Err(e) => Err(failure.into_inner().unwrap_or_else(|| {
             ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
         })),
+    }
+}
+
+/// The common case in one pass: an array of valid uids without escapes. Any
+/// other input (escapes, other types, an invalid uid, malformed JSON, too many
+/// uids) returns `None` and goes to the full parser, which also writes the
+/// error message, so both paths accept and reject exactly the same bodies.
+fn parse_simple<'a>(text: &'a str, limits: &Limits) -> Option<Vec<Cow<'a, str>>> {
+    let b = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(i + 1) == b.len()).then_some(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let len = memchr::memchr2(b'"', b'\\', &b[start..])?;
+        if b[start + len] != b'"'
+            || len == 0
+            || len > limits.max_uid_bytes
+            || out.len() == limits.max_batch
+        {
+            return None;
+        }
+        // Quote and backslash are ASCII, so `start` and `start + len` are
+        // character boundaries of the validated text.
+        let uid = &text[start..start + len];
+        if has_control(uid) {
+            return None;
+        }
+        out.push(Cow::Borrowed(uid));
+        i = skip_ws(start + len + 1);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(i + 1),
+            Some(b']') => return (skip_ws(i + 1) == b.len()).then_some(out),
+            _ => return None,
+        }
     }
 }
 
@@ -260,6 +313,56 @@ mod tests {
                 c as u32
             );
         }
+    }
+
+    #[test]
+    fn the_simple_path_and_the_full_parser_agree() {
+        let limits = Limits {
+            max_batch: 3,
+            max_uid_bytes: 5,
+            ..Limits::default()
+        };
+        let cases = [
+            r#"["a","b"]"#,
+            r#" [ "a" , "b" ] "#,
+            "[]",
+            " [ ] ",
+            r#"["a""#,
+            r#"["a",]"#,
+            r#"["a"]x"#,
+            r#"["a\"b"]"#,
+            r#"["é"]"#,
+            r#"["a",1]"#,
+            r#"[""]"#,
+            r#"["abcdef"]"#,
+            r#"["a","b","c","d"]"#,
+            "[\"a\u{7f}\"]",
+            "[\"a\tb\"]",
+            r#"["a"],"#,
+            r#"[,"a"]"#,
+            r#"["a""b"]"#,
+            "",
+        ];
+        for case in cases {
+            let simple = parse_simple(case, &limits);
+            let full = {
+                let failure = RefCell::new(None);
+                let mut de = serde_json::Deserializer::from_str(case);
+                de.deserialize_seq(BatchVisitor {
+                    limits: &limits,
+                    failure: &failure,
+                })
+                .and_then(|v| de.end().map(|_| v))
+                .ok()
+            };
+            if let Some(simple) = simple {
+                assert_eq!(Some(simple), full, "{case}");
+            }
+        }
+        assert!(
+            parse_simple(r#" ["a", "b"] "#, &limits).is_some(),
+            "the common case takes the simple path"
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl Placement for WeightedPlacement {
     #[inline]
     fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
         let mut best: Option<(f64, u32)> = None;
-        for group in self.groups.iter() {
+        // Heaviest group first: it usually wins, and then most other groups
+        // are ruled out by a bound without computing their logarithm.
+        for group in self.groups.iter().rev() {
             // Highest raw score within the group; ties to the lowest node id.
             // Groups of one (every weight distinct) skip the ranking.
             let (top, raw) = if let [seed] = *group.seeds {
@@ -90,6 +92,13 @@ impl Placement for WeightedPlacement {
                     None => continue,
                 }
             };
+            // -ln(u) >= 1 - u, so w / (1 - u) bounds the score from above;
+            // below the best so far, this group cannot win (nor tie).
+            if let Some((b, _)) = best {
+                if group.weight / (1.0 - hrw::unit_interval(raw)) < b {
+                    continue;
+                }
+            }
             let score = hrw::weighted_score(group.weight, raw);
             let index = group.index[top];
             best = match best {
