@@ -192,9 +192,16 @@ pub fn error_response(err: poem::Error) -> Response {
 }
 
 /// Strips the framework's prefixes from parse errors.
+/// Strips the framework's prefixes from parse errors, and the copy of the
+/// client's whole value that some of them carry (`..., found <value>.`): it can
+/// be long and says nothing the client does not know.
 fn clean(text: &str) -> String {
     let text = text
         .strip_prefix("parse request payload error: ")
         .unwrap_or(text);
+    let text = match text.find(", found ") {
+        Some(i) => &text[..i],
+        None => text,
+    };
     crate::model::truncate_long(text, 300)
 }

@@ -124,38 +124,16 @@ fn removing_draining_or_disabling_a_node_moves_only_its_users() {
     let nodes = equal_nodes(10);
     let before = assign(&table("hash", json!({}), nodes.clone()), &users);
     let victim = "node-004";
+    let changed = |f: fn(&mut NodeInput)| -> Vec<NodeInput> {
+        let mut out = nodes.clone();
+        out.iter_mut().filter(|n| n.id == victim).for_each(f);
+        out
+    };
     let variants: Vec<Vec<NodeInput>> = vec![
         nodes.iter().filter(|n| n.id != victim).cloned().collect(),
-        nodes
-            .iter()
-            .cloned()
-            .map(|mut n| {
-                if n.id == victim {
-                    n.state = NodeState::Draining;
-                }
-                n
-            })
-            .collect(),
-        nodes
-            .iter()
-            .cloned()
-            .map(|mut n| {
-                if n.id == victim {
-                    n.state = NodeState::Disabled;
-                }
-                n
-            })
-            .collect(),
-        nodes
-            .iter()
-            .cloned()
-            .map(|mut n| {
-                if n.id == victim {
-                    n.healthy = false;
-                }
-                n
-            })
-            .collect(),
+        changed(|n| n.state = NodeState::Draining),
+        changed(|n| n.state = NodeState::Disabled),
+        changed(|n| n.healthy = false),
     ];
     for nodes in variants {
         let after = assign(&table("hash", json!({}), nodes), &users);
