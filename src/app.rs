@@ -98,10 +98,6 @@ impl Application {
         &self.state.token
     }
 
-    pub fn controller(&self) -> Arc<Controller> {
-        self.state.ctl.clone()
-    }
-
     /// The state handlers share (for serving a second view of the same app).
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()

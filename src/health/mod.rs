@@ -260,7 +260,7 @@ mod tests {
         let t = reg.expire(t0 + Duration::from_secs(11));
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].to, Status::Unhealthy);
-        assert!(reg.is_unhealthy("a"));
+        assert_eq!(reg.unhealthy(), vec!["a".to_string()]);
         let t = reg.heartbeat("a", 6, t0 + Duration::from_secs(12)).unwrap();
         assert_eq!(t.to, Status::Healthy);
         assert_eq!(reg.view("a").connections, Some(6));

@@ -104,16 +104,6 @@ pub enum Source {
     DbAndOverrides,
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Db => "db",
-            Source::Overrides => "overrides",
-            Source::DbAndOverrides => "db+overrides",
-        }
-    }
-}
-
 /// A node as routing and the admin API see it.
 #[derive(Debug, Clone)]
 pub struct EffectiveNode {

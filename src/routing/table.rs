@@ -51,22 +51,10 @@ pub struct TableInput {
 pub struct RouteNode {
     pub id: Box<str>,
     pub region: Option<Box<str>>,
-    pub external: Addrs,
-    /// Intranet addresses, each falling back to the external one.
-    pub intranet: Addrs,
     /// `"tcp_addr":...,"node_id":...,"region":...}` for external and intranet
-    /// answers: the tail of every JSON object that names this node.
+    /// answers (intranet addresses falling back to external ones field by
+    /// field): the tail of every JSON object that names this node.
     fragments: [Box<[u8]>; 2],
-}
-
-impl RouteNode {
-    pub fn addrs(&self, intranet: bool) -> &Addrs {
-        if intranet {
-            &self.intranet
-        } else {
-            &self.external
-        }
-    }
 }
 
 /// Hashes a key whose hash was computed beforehand (the uid's xxh3).
@@ -252,8 +240,6 @@ impl Table {
                 RouteNode {
                     id: n.id.as_str().into(),
                     region: n.region.as_deref().map(Into::into),
-                    external: n.external.clone(),
-                    intranet,
                     fragments,
                 }
             })
