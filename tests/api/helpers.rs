@@ -190,6 +190,17 @@ impl TestApp {
         node
     }
 
+    /// GET a public path and parse the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        resp.json().await.expect("a JSON answer")
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))

@@ -1,5 +1,5 @@
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -44,15 +44,7 @@ async fn swagger_ui_and_the_spec_are_served() {
     assert_eq!(docs.status(), 200);
     let html = docs.text().await.unwrap();
     assert!(html.contains("swagger"), "Swagger UI page");
-    let spec: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = app.get_json("/openapi.json").await;
     for path in [
         "/route/batch",
         "/route",

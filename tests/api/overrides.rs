@@ -14,15 +14,7 @@ async fn overrides(app: &TestApp) -> Value {
 }
 
 async fn node_of(app: &TestApp, uid: &str) -> String {
-    let v: Value = app
-        .client
-        .get(app.url(&format!("/route?uid={uid}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.get_json(&format!("/route?uid={uid}")).await;
     v["node_id"].as_str().unwrap_or_default().to_owned()
 }
 

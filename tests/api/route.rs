@@ -152,15 +152,7 @@ async fn intranet_addresses_fall_back_field_by_field() {
         .unwrap();
     assert_eq!(absent[0]["tcp_addr"], "203.0.113.5:5100");
 
-    let one: Value = app
-        .client
-        .get(app.url("/route?uid=u&intranet=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = app.get_json("/route?uid=u&intranet=1").await;
     assert_eq!(one["tcp_addr"], "10.0.0.5:5100");
     assert_eq!(one["node_id"], "gw-1");
 }
