@@ -671,19 +671,32 @@ async fn requests_in_flight_at_sigterm_complete() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    // Start a request and send only half of its body.
+    // Start a request and hold its body back. `Expect: 100-continue` makes
+    // the server say when the handler starts reading the body: from then on
+    // the request is provably in flight.
     let addr = server.addr.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let body = br#"["u1","u2","u3"]"#;
     let head = format!(
-        "POST /route/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /route/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body[..5]).await.unwrap();
-    stream.flush().await.unwrap();
-    // Make sure the server has the request before the signal.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !interim.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            interim.push(byte[0]);
+        }
+    })
+    .await
+    .expect("the server asks for the body");
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -694,7 +707,7 @@ async fn requests_in_flight_at_sigterm_complete() {
     })
     .await;
     assert!(stopped_accepting);
-    stream.write_all(&body[5..]).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
