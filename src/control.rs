@@ -103,6 +103,8 @@ pub struct Controller {
     pub limits: Limits,
     pub probe: ProbeConfig,
     ready: AtomicBool,
+    /// Nodes with an `imroute_node_healthy` series.
+    labelled_nodes: Mutex<HashSet<String>>,
 }
 
 impl Controller {
@@ -155,6 +157,7 @@ impl Controller {
             limits: config.limits,
             probe: config.health.probe,
             ready: AtomicBool::new(false),
+            labelled_nodes: Mutex::new(HashSet::new()),
         });
         let startup = Actor {
             request_id: "startup".into(),
@@ -253,11 +256,23 @@ impl Controller {
         m.panic_mode.set(i64::from(table.panic_mode()));
         m.routable_nodes.set(table.stats().nodes_routable as i64);
         m.table_rebuilds.inc();
-        m.node_healthy.reset();
+        // Update each node's series in place and drop only those of nodes
+        // that are gone, so a scrape never sees a node's series missing.
+        let current: HashSet<String> = nodes.iter().map(|n| n.spec.id.clone()).collect();
         for n in &nodes {
             m.node_healthy
                 .with_label_values(&[&n.spec.id])
                 .set(i64::from(!unhealthy.contains(&n.spec.id)));
+        }
+        {
+            let mut labelled = self
+                .labelled_nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for gone in labelled.difference(&current) {
+                m.node_healthy.remove_label_values(&[gone]).ok();
+            }
+            *labelled = current;
         }
         let routed = table
             .nodes()

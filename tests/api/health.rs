@@ -62,6 +62,20 @@ async fn heartbeats_report_load_and_unknown_nodes_are_404() {
         "{m}"
     );
     assert!(m.contains(r#"imroute_node_healthy{node="gw-1"} 1"#));
+    // A deleted node's gauges go away (its routed-users counter stays: counters
+    // keep their history).
+    assert_eq!(
+        app.admin(Method::DELETE, "/admin/nodes/gw-1", None)
+            .await
+            .status(),
+        204
+    );
+    let m = app.metrics().await;
+    assert!(!m.contains(r#"imroute_node_healthy{node="gw-1"}"#), "{m}");
+    assert!(
+        !m.contains(r#"imroute_node_connections{node="gw-1"}"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
