@@ -10,11 +10,10 @@ use poem::{
 use crate::{
     api::{auth::generate_token, build_app, AppState},
     config::Config,
-    control::Controller,
-    health,
+    control::{tasks, Controller, Identity},
     metrics::Metrics,
     overrides::watcher,
-    store::{SqliteStore, StoreError},
+    store::{self, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,7 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     _watcher: notify::RecommendedWatcher,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -42,26 +42,7 @@ impl Application {
     /// health tasks, and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Application, AppError> {
         tracing::info!(config = ?config.redacted(), "Starting imroute {}", env!("CARGO_PKG_VERSION"));
-        let store = SqliteStore::open(&config.database_url).await?;
-        let metrics = Arc::new(Metrics::new());
-        let ctl = Controller::start(&config, Arc::new(store), metrics).await?;
-        let token = match &config.admin_token {
-            Some(token) => token.clone(),
-            None => {
-                let token = generate_token();
-                tracing::warn!(
-                    admin_token = %token,
-                    "No admin token configured (IMROUTE_ADMIN_TOKEN or admin_token); generated one for this run"
-                );
-                token
-            }
-        };
-        let watcher = watcher::spawn(ctl.clone())?;
-        watcher::spawn_sighup(ctl.clone());
-        health::monitor::spawn(
-            ctl.clone(),
-            Duration::from_secs(config.health.heartbeat_ttl_secs),
-        );
+        // Bind first: the replica's default name carries the port.
         let acceptor = TcpListener::bind(config.listen.clone())
             .into_acceptor()
             .await
@@ -77,12 +58,44 @@ impl Application {
                 addr: config.listen.clone(),
                 source: std::io::Error::other("no local address"),
             })?;
+        let me = Identity {
+            id: config
+                .cluster
+                .replica_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port())),
+            addr: config
+                .cluster
+                .advertise_addr
+                .clone()
+                .unwrap_or_else(|| addr.to_string()),
+            started_at: crate::store::now_rfc3339(),
+        };
+        let store = store::open(&config.database_url).await?;
+        tracing::info!(store = store.kind(), replica = %me.id, "Store open");
+        let metrics = Arc::new(Metrics::new());
+        let ctl = Controller::start(&config, store, metrics, me).await?;
+        let token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let token = generate_token();
+                tracing::warn!(
+                    admin_token = %token,
+                    "No admin token configured (IMROUTE_ADMIN_TOKEN or admin_token); generated one for this run"
+                );
+                token
+            }
+        };
+        let watcher = watcher::spawn(ctl.clone())?;
+        watcher::spawn_sighup(ctl.clone());
+        let tasks = tasks::spawn_all(&ctl);
         tracing::info!(%addr, "Listening");
         Ok(Application {
             acceptor,
             addr,
             state: Arc::new(AppState { ctl, token }),
             _watcher: watcher,
+            tasks,
         })
     }
 
@@ -113,9 +126,23 @@ impl Application {
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await;
+        self.state.ctl.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         tracing::info!("Stopped");
         result
     }
+}
+
+/// The machine's host name, for the default replica id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "imroute".into())
 }
 
 /// Completes on SIGTERM or Ctrl-C.

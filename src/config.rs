@@ -18,8 +18,33 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub limits: Limits,
     pub health: HealthConfig,
+    /// Several replicas sharing one PostgreSQL database.
+    pub cluster: ClusterConfig,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This replica's name in `/admin/cluster`; default: host name and port.
+    pub replica_id: Option<String>,
+    /// The address other replicas and admins reach this one at; default:
+    /// the listen address.
+    pub advertise_addr: Option<String>,
+    /// How often the stored change counter is checked, catching changes whose
+    /// notification was lost.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            replica_id: None,
+            advertise_addr: None,
+            poll_interval_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +70,8 @@ pub struct ProbeConfig {
     pub timeout_ms: u64,
     pub unhealthy_after: u32,
     pub healthy_after: u32,
+    /// Probes in flight at once (each holds a socket).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +91,7 @@ impl Default for Config {
             admin_token: None,
             limits: Limits::default(),
             health: HealthConfig::default(),
+            cluster: ClusterConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -96,6 +124,7 @@ impl Default for ProbeConfig {
             timeout_ms: 500,
             unhealthy_after: 2,
             healthy_after: 2,
+            concurrency: 64,
         }
     }
 }
@@ -151,6 +180,12 @@ impl Config {
         if let Some(v) = env("IMROUTE_ADMIN_TOKEN") {
             config.admin_token = Some(v);
         }
+        if let Some(v) = env("IMROUTE_REPLICA_ID") {
+            config.cluster.replica_id = Some(v);
+        }
+        if let Some(v) = env("IMROUTE_ADVERTISE_ADDR") {
+            config.cluster.advertise_addr = Some(v);
+        }
         if let Some(v) = env("IMROUTE_LOG_FORMAT") {
             config.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -176,11 +211,28 @@ impl Config {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen: must be ip:port, got {:?}", self.listen));
         }
-        if !self.database_url.starts_with("sqlite:") {
+        if !self.database_url.starts_with("sqlite:")
+            && !crate::store::is_postgres_url(&self.database_url)
+        {
             return Err(format!(
-                "database_url: must start with sqlite:, got {:?}",
-                self.database_url
+                "database_url: must start with sqlite:, postgres:// or postgresql://, got {:?}",
+                redact_url(&self.database_url)
             ));
+        }
+        let c = &self.cluster;
+        if c.poll_interval_ms == 0 || c.poll_interval_ms > 60_000 {
+            return Err(format!(
+                "cluster.poll_interval_ms: must be 1..=60000, got {}",
+                c.poll_interval_ms
+            ));
+        }
+        if let Some(id) = &c.replica_id {
+            if id.is_empty() || id.len() > 128 || id.chars().any(|ch| ch.is_control()) {
+                return Err(
+                    "cluster.replica_id: must be 1-128 characters without control characters"
+                        .into(),
+                );
+            }
         }
         if let Some(token) = &self.admin_token {
             if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -198,9 +250,13 @@ impl Config {
             return Err("health.heartbeat_ttl_secs: must be at least 1".into());
         }
         let p = &h.probe;
-        if p.interval_ms == 0 || p.timeout_ms == 0 || p.unhealthy_after == 0 || p.healthy_after == 0
+        if p.interval_ms == 0
+            || p.timeout_ms == 0
+            || p.unhealthy_after == 0
+            || p.healthy_after == 0
+            || p.concurrency == 0
         {
-            return Err("health.probe: interval_ms, timeout_ms, unhealthy_after and healthy_after must be at least 1".into());
+            return Err("health.probe: interval_ms, timeout_ms, unhealthy_after, healthy_after and concurrency must be at least 1".into());
         }
         Ok(())
     }
@@ -211,7 +267,26 @@ impl Config {
         if c.admin_token.is_some() {
             c.admin_token = Some("<redacted>".into());
         }
+        c.database_url = redact_url(&c.database_url);
         c
+    }
+}
+
+/// A database URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub overrides_revision: IntGaugeVec,
     pub table_rebuilds: IntCounter,
     pub routable_nodes: IntGauge,
+    pub store_up: IntGauge,
+    pub leader: IntGauge,
+    pub task_restarts: IntCounterVec,
 }
 
 /// Endpoints as they appear in the `endpoint` label: fixed templates, so
@@ -37,6 +40,7 @@ pub const ENDPOINTS: &[&str] = &[
     "/admin/overrides",
     "/admin/overrides/reload",
     "/admin/audit",
+    "/admin/cluster",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -70,6 +74,7 @@ pub fn endpoint_of(path: &str) -> &'static str {
         ["admin", "overrides"] => "/admin/overrides",
         ["admin", "overrides", "reload"] => "/admin/overrides/reload",
         ["admin", "audit"] => "/admin/audit",
+        ["admin", "cluster"] => "/admin/cluster",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
@@ -164,6 +169,21 @@ impl Metrics {
             routable_nodes: reg!(IntGauge::new(
                 "imroute_routable_nodes",
                 "Nodes that can take users in the current routing table."
+            )),
+            store_up: reg!(IntGauge::new(
+                "imroute_store_up",
+                "1 while the store answers; 0 during an outage (routing goes on from the last table)."
+            )),
+            leader: reg!(IntGauge::new(
+                "imroute_leader",
+                "1 on the replica that judges heartbeat expiry and runs probes."
+            )),
+            task_restarts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "imroute_task_restarts_total",
+                    "Background tasks restarted after a panic, by task."
+                ),
+                &["task"]
             )),
             registry,
         }

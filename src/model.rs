@@ -155,6 +155,11 @@ pub struct NodeRecord {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Change number of the last write of this node.
+    pub seq: i64,
+    /// Change number of its creation: tells a node apart from an earlier one
+    /// that was deleted under the same id (its "incarnation").
+    pub created_seq: i64,
 }
 
 /// A stored routing strategy.
@@ -166,6 +171,8 @@ pub struct StrategyRecord {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Change number of the last write of this strategy.
+    pub seq: i64,
 }
 
 /// Shortens a value quoted back in an error message.

@@ -1,4 +1,4 @@
-//! `/admin/overrides` and `/admin/audit`.
+//! `/admin/overrides`, `/admin/audit` and `/admin/cluster`.
 
 use std::sync::Arc;
 
@@ -43,6 +43,39 @@ pub struct AuditRecord {
     #[oai(skip_serializing_if_is_none)]
     pub after: Option<Value>,
     pub request_id: String,
+}
+
+/// The store behind the replicas.
+#[derive(Debug, Clone, Object)]
+pub struct StoreInfo {
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    /// False while this replica cannot reach it (routing goes on from the
+    /// last table; writes answer 503 `store_unavailable`).
+    pub up: bool,
+}
+
+/// One replica, as it last reported itself (every second).
+#[derive(Debug, Clone, Object)]
+pub struct Replica {
+    /// `cluster.replica_id` (default: host name and port).
+    pub id: String,
+    /// `cluster.advertise_addr` (default: the listen address).
+    pub addr: String,
+    pub version: String,
+    /// Its routing revision (`X-Routing-Revision`).
+    pub revision: String,
+    pub started_at: String,
+    pub last_seen: String,
+}
+
+/// The replicas sharing the store. A replica silent for 5 s is not listed.
+#[derive(Debug, Clone, Object)]
+pub struct Cluster {
+    pub store: StoreInfo,
+    /// True when every listed replica reports the same revision.
+    pub converged: bool,
+    pub replicas: Vec<Replica>,
 }
 
 fn overrides_info(state: &AppState) -> OverridesInfo {
@@ -133,5 +166,37 @@ impl AdminApi {
                 })
                 .collect(),
         ))
+    }
+
+    /// List the replicas and whether they agree
+    ///
+    /// With SQLite the list holds this one process.
+    #[oai(
+        path = "/admin/cluster",
+        method = "get",
+        operation_id = "get_cluster",
+        tag = "ApiTags::Cluster"
+    )]
+    async fn cluster(&self, _auth: AdminAuth, state: Data<&Arc<AppState>>) -> Json<Cluster> {
+        let c = state.ctl.cluster();
+        Json(Cluster {
+            store: StoreInfo {
+                kind: c.store_kind.into(),
+                up: c.store_up,
+            },
+            converged: c.converged,
+            replicas: c
+                .replicas
+                .into_iter()
+                .map(|r| Replica {
+                    id: r.id,
+                    addr: r.addr,
+                    version: r.version,
+                    revision: r.revision,
+                    started_at: r.started_at,
+                    last_seen: r.last_seen,
+                })
+                .collect(),
+        })
     }
 }

@@ -81,6 +81,15 @@ impl From<ControlError> for ApiError {
                 "precondition_failed",
                 format!("If-Match does not match the current version {current}"),
             ),
+            ControlError::Unavailable => ApiError {
+                retry_after: Some(2),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store is unavailable; routing goes on, changes cannot be saved now",
+                )
+            },
+            ControlError::Internal => ApiError::internal(),
             ControlError::Store(source) => {
                 tracing::error!(error = %source, cause = ?std::error::Error::source(&source), "Storage failure");
                 ApiError::internal()
@@ -145,7 +154,8 @@ impl ApiResponse for ApiError {
                 error(415, "Content-Type is not application/json."),
                 error(
                     503,
-                    "No node can take users (`no_routable_node`, with `Retry-After`).",
+                    "No node can take users (`no_routable_node`), or the store cannot be \
+                     reached for a write (`store_unavailable`); both with `Retry-After`.",
                 ),
             ],
         }

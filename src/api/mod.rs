@@ -45,6 +45,8 @@ pub enum ApiTags {
     Overrides,
     /// Every admin change (bearer token).
     Audit,
+    /// The replicas sharing one store, and whether they agree (bearer token).
+    Cluster,
     /// Liveness, readiness, metrics.
     Operations,
 }

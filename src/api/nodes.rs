@@ -288,7 +288,7 @@ pub fn node_dto(state: &AppState, n: &EffectiveNode) -> Node {
         external: (&n.spec.external).into(),
         intranet: (&n.spec.intranet).into(),
         labels: n.spec.labels.clone(),
-        health: state.ctl.health.view(&n.spec.id).into(),
+        health: state.ctl.health_view(n).into(),
         source: match n.source {
             Source::Db => SourceDto::Db,
             Source::Overrides => SourceDto::Overrides,
@@ -312,6 +312,18 @@ pub enum NodeResponse {
     /// Created.
     #[oai(status = 201)]
     Created(Json<Node>, #[oai(header = "ETag")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum NodeList {
+    /// The nodes (one page with `limit`).
+    #[oai(status = 200)]
+    Ok(
+        Json<Vec<Node>>,
+        /// `</admin/nodes?limit=N&after=ID>; rel="next"` when there are more.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -348,6 +360,9 @@ impl AppState {
 #[OpenApi(tag = "ApiTags::Nodes")]
 impl NodesApi {
     /// List nodes
+    ///
+    /// In id order. With `limit`, one page: the `Link` header (`rel="next"`)
+    /// names the next page, which starts after the last id of this one.
     #[oai(path = "/admin/nodes", method = "get", operation_id = "list_nodes")]
     async fn list(
         &self,
@@ -358,17 +373,60 @@ impl NodesApi {
         /// Only nodes in this state.
         #[oai(name = "state")]
         node_state: Query<Option<NodeStateDto>>,
-    ) -> Result<Json<Vec<Node>>, ApiError> {
-        let view = state.ctl.view();
+        /// At most this many nodes (1..=10000); all when absent.
+        limit: Query<Option<u32>>,
+        /// Only nodes whose id sorts after this one (the last id of the
+        /// previous page).
+        after: Query<Option<String>>,
+    ) -> Result<NodeList, ApiError> {
+        if let Some(l) = limit.0 {
+            if !(1..=10_000).contains(&l) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit: must be 1..=10000, got {l}"),
+                ));
+            }
+        }
+        let snap = state.ctl.current();
+        let view = &snap.view;
         let want_state: Option<NodeState> = node_state.0.map(Into::into);
-        let nodes = view
-            .nodes
+        let start = match &after.0 {
+            Some(a) => view
+                .nodes
+                .partition_point(|n| n.spec.id.as_str() <= a.as_str()),
+            None => 0,
+        };
+        let max = limit.0.map_or(usize::MAX, |l| l as usize);
+        let mut page = Vec::new();
+        let mut more = false;
+        for n in view.nodes[start..]
             .iter()
             .filter(|n| region.0.is_none() || n.spec.region == region.0)
             .filter(|n| want_state.is_none_or(|s| n.spec.state == s))
-            .map(|n| node_dto(&state, n))
-            .collect();
-        Ok(Json(nodes))
+        {
+            if page.len() == max {
+                more = true;
+                break;
+            }
+            page.push(node_dto(&state, n));
+        }
+        let link = match (more, page.last()) {
+            (true, Some(last)) => {
+                let mut query: Vec<(&str, String)> = Vec::new();
+                if let Some(r) = &region.0 {
+                    query.push(("region", r.clone()));
+                }
+                if let Some(s) = want_state {
+                    query.push(("state", s.as_str().to_owned()));
+                }
+                query.push(("limit", max.to_string()));
+                query.push(("after", last.id.clone()));
+                let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+                Some(format!("</admin/nodes?{query}>; rel=\"next\""))
+            }
+            _ => None,
+        };
+        Ok(NodeList::Ok(Json(page), link))
     }
 
     /// Create a node
@@ -402,7 +460,8 @@ impl NodesApi {
         id: Path<String>,
     ) -> Result<NodeResponse, ApiError> {
         check_id(&id)?;
-        let view = state.ctl.view();
+        let snap = state.ctl.current();
+        let view = &snap.view;
         let node = view
             .nodes
             .iter()
@@ -471,7 +530,15 @@ impl NodesApi {
         let expected = if_match(if_match_header.0.as_deref())?;
         let record = state
             .ctl
-            .patch_node(&id, expected, |spec| body.0.apply(spec), &actor(req))
+            .patch_node(
+                &id,
+                expected,
+                {
+                    let patch = body.0;
+                    move |spec| patch.clone().apply(spec)
+                },
+                &actor(req),
+            )
             .await?;
         Ok(state.node_response(record, false))
     }
@@ -515,7 +582,7 @@ impl NodesApi {
         body: Json<Heartbeat>,
     ) -> Result<NoContent, ApiError> {
         check_id(&id)?;
-        state.ctl.heartbeat(&id, body.0.connections)?;
+        state.ctl.heartbeat(&id, body.0.connections).await?;
         Ok(NoContent::Done)
     }
 }

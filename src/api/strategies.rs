@@ -109,7 +109,7 @@ fn strategy_dto(s: &StrategyRecord, active: &str) -> Strategy {
 
 pub fn routing_dto(state: &AppState) -> Routing {
     let snap = state.ctl.snapshot();
-    let view = state.ctl.view();
+    let view = &snap.view;
     let table = &snap.table;
     let stats = table.stats();
     Routing {
@@ -153,7 +153,8 @@ impl StrategiesApi {
         operation_id = "list_strategies"
     )]
     async fn list(&self, _auth: AdminAuth, state: Data<&Arc<AppState>>) -> Json<Vec<Strategy>> {
-        let view = state.ctl.view();
+        let snap = state.ctl.current();
+        let view = &snap.view;
         Json(
             view.strategies
                 .iter()
@@ -174,7 +175,8 @@ impl StrategiesApi {
         state: Data<&Arc<AppState>>,
         name: Path<String>,
     ) -> Result<StrategyResponse, ApiError> {
-        let view = state.ctl.view();
+        let snap = state.ctl.current();
+        let view = &snap.view;
         let s = view
             .strategies
             .iter()
@@ -235,7 +237,7 @@ impl StrategiesApi {
                 &actor(req),
             )
             .await?;
-        let dto = strategy_dto(&record, &state.ctl.view().active_strategy);
+        let dto = strategy_dto(&record, &state.ctl.snapshot().view.active_strategy);
         let tag = format!("\"{}\"", record.version);
         Ok(if created {
             StrategyResponse::Created(Json(dto), tag)

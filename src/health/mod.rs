@@ -1,17 +1,20 @@
-//! Node health: heartbeats with load, TCP probes, and the registry that both
-//! feed. A status change goes through the control plane's one rebuild path.
+//! Node health: every replica derives a node's status from the same stored
+//! facts ([`HealthRecord`]: heartbeats, expiry judged by the leader on the
+//! store's clock, probe verdicts), so every replica routes on the same view.
+//! [`HealthRegistry`] is this process's copy of those facts; status changes
+//! reach routing through the control plane's one rebuild path.
 
-pub mod monitor;
+pub mod probe;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::Serialize;
 
-use crate::{config::ProbeConfig, store::now_rfc3339};
+pub use crate::store::HealthRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,72 +43,39 @@ pub struct HealthView {
     pub connections: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    status: Status,
-    since: String,
-    reason: String,
-    connections: Option<u64>,
-    last_heartbeat: Option<Instant>,
-    heartbeat_expired: bool,
-    /// `Some(true)` when probes say down, `Some(false)` when up.
-    probe_down: Option<bool>,
-    probe_failures: u32,
-    probe_successes: u32,
-    probe_error: String,
-}
-
-impl Entry {
-    fn new() -> Self {
-        Entry {
-            status: Status::Unknown,
-            since: now_rfc3339(),
-            reason: "no heartbeat or probe yet".into(),
-            connections: None,
-            last_heartbeat: None,
-            heartbeat_expired: false,
-            probe_down: None,
-            probe_failures: 0,
-            probe_successes: 0,
-            probe_error: String::new(),
-        }
+/// A node's status from its stored facts. Expiry wins over probes, probes
+/// over heartbeats: a node is healthy only when nothing says it is down.
+pub fn derive(r: &HealthRecord, ttl: Duration) -> HealthView {
+    let view = |status, since: &Option<String>, reason: String| HealthView {
+        status,
+        since: since.clone().unwrap_or_else(|| r.created_at.clone()),
+        reason,
+        connections: r.connections,
+    };
+    if r.expired_at.is_some() {
+        return view(
+            Status::Unhealthy,
+            &r.expired_at,
+            format!("no heartbeat for {}s", ttl.as_secs()),
+        );
     }
-
-    fn derive(&self, ttl: Duration) -> (Status, String) {
-        if self.heartbeat_expired {
-            return (
-                Status::Unhealthy,
-                format!("no heartbeat for {}s", ttl.as_secs()),
-            );
+    match (r.probe_down, &r.heartbeat_at) {
+        (Some(true), _) => view(Status::Unhealthy, &r.probe_since, r.probe_reason.clone()),
+        (_, Some(_)) => {
+            // Healthy since the later of "heartbeats resumed" and "probes
+            // turned up".
+            let since = match (&r.heartbeat_since, &r.probe_since) {
+                (Some(h), Some(p)) if r.probe_down == Some(false) && p > h => Some(p.clone()),
+                (h, _) => h.clone(),
+            };
+            view(Status::Healthy, &since, "heartbeat received".into())
         }
-        if self.probe_down == Some(true) {
-            return (
-                Status::Unhealthy,
-                format!(
-                    "tcp probe failed {} times in a row: {}",
-                    self.probe_failures, self.probe_error
-                ),
-            );
-        }
-        if self.last_heartbeat.is_some() {
-            return (Status::Healthy, "heartbeat received".into());
-        }
-        if self.probe_down == Some(false) {
-            return (Status::Healthy, "tcp probe succeeded".into());
-        }
-        (Status::Unknown, "no heartbeat or probe yet".into())
-    }
-
-    /// Recomputes the status; true when it changed.
-    fn settle(&mut self, ttl: Duration) -> bool {
-        let (status, reason) = self.derive(ttl);
-        let changed = status != self.status;
-        if changed {
-            self.since = now_rfc3339();
-        }
-        self.status = status;
-        self.reason = reason;
-        changed
+        (Some(false), None) => view(
+            Status::Healthy,
+            &r.probe_since,
+            "tcp probe succeeded".into(),
+        ),
+        (None, None) => view(Status::Unknown, &None, "no heartbeat or probe yet".into()),
     }
 }
 
@@ -118,130 +88,132 @@ pub struct Transition {
     pub reason: String,
 }
 
-/// Health of every node, in memory: heartbeats are frequent and need not be
-/// durable; a restart starts every node as `unknown` (routable).
+/// This process's copy of the stored health facts, keyed by node id. A
+/// record counts only for the node incarnation it was written for, so a node
+/// created again under a deleted node's id never inherits its health.
 pub struct HealthRegistry {
-    entries: Mutex<HashMap<String, Entry>>,
+    records: Mutex<HashMap<String, HealthRecord>>,
     ttl: Duration,
 }
 
 impl HealthRegistry {
     pub fn new(heartbeat_ttl: Duration) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
             ttl: heartbeat_ttl,
         }
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut Entry)) -> Option<Transition> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.entry(id.to_owned()).or_insert_with(Entry::new);
-        let from = entry.status;
-        f(entry);
-        entry.settle(self.ttl).then(|| Transition {
-            node: id.to_owned(),
-            from,
-            to: entry.status,
-            reason: entry.reason.clone(),
-        })
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
-    /// Records a heartbeat.
-    pub fn heartbeat(&self, id: &str, connections: u64, now: Instant) -> Option<Transition> {
-        self.update(id, |e| {
-            e.last_heartbeat = Some(now);
-            e.heartbeat_expired = false;
-            e.connections = Some(connections);
-        })
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HealthRecord>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks nodes whose heartbeats stopped for longer than the TTL.
-    pub fn expire(&self, now: Instant) -> Vec<Transition> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes in records read from or written to the store. With `complete`,
+    /// records not in the batch are dropped (a full re-read). Returns the
+    /// status changes.
+    pub fn apply(
+        &self,
+        records: impl IntoIterator<Item = HealthRecord>,
+        complete: bool,
+    ) -> Vec<Transition> {
+        let mut map = self.lock();
         let mut out = Vec::new();
-        for (id, entry) in entries.iter_mut() {
-            let expired = entry
-                .last_heartbeat
-                .is_some_and(|t| now.saturating_duration_since(t) > self.ttl);
-            if expired != entry.heartbeat_expired {
-                let from = entry.status;
-                entry.heartbeat_expired = expired;
-                if entry.settle(self.ttl) {
+        let mut seen = HashSet::new();
+        for r in records {
+            let from = map.get(&r.node).map(|old| {
+                if old.incarnation == r.incarnation {
+                    derive(old, self.ttl).status
+                } else {
+                    Status::Unknown
+                }
+            });
+            let to = derive(&r, self.ttl);
+            if from.unwrap_or(Status::Unknown) != to.status {
+                out.push(Transition {
+                    node: r.node.clone(),
+                    from: from.unwrap_or(Status::Unknown),
+                    to: to.status,
+                    reason: to.reason,
+                });
+            }
+            if complete {
+                seen.insert(r.node.clone());
+            }
+            map.insert(r.node.clone(), r);
+        }
+        if complete {
+            map.retain(|id, r| {
+                let keep = seen.contains(id);
+                if !keep && derive(r, self.ttl).status != Status::Unknown {
                     out.push(Transition {
                         node: id.clone(),
-                        from,
-                        to: entry.status,
-                        reason: entry.reason.clone(),
+                        from: derive(r, self.ttl).status,
+                        to: Status::Unknown,
+                        reason: "health record removed".into(),
                     });
                 }
-            }
+                keep
+            });
         }
         out
     }
 
-    /// Records one probe result; `unhealthy_after` failures or `healthy_after`
-    /// successes in a row flip the probe verdict (no flapping on one result).
-    pub fn probe_result(
-        &self,
-        id: &str,
-        result: Result<(), String>,
-        cfg: &ProbeConfig,
-    ) -> Option<Transition> {
-        self.update(id, |e| match result {
-            Ok(()) => {
-                e.probe_failures = 0;
-                e.probe_successes = e.probe_successes.saturating_add(1);
-                if e.probe_successes >= cfg.healthy_after
-                    || (e.probe_down.is_none() && e.probe_successes >= 1)
-                {
-                    e.probe_down = Some(false);
-                }
-            }
-            Err(error) => {
-                e.probe_successes = 0;
-                e.probe_failures = e.probe_failures.saturating_add(1);
-                e.probe_error = error;
-                if e.probe_failures >= cfg.unhealthy_after {
-                    e.probe_down = Some(true);
-                }
-            }
-        })
+    /// Health of one node incarnation; `unknown_since` is shown when nothing
+    /// was recorded yet (the node's creation).
+    pub fn view(&self, id: &str, incarnation: i64, unknown_since: &str) -> HealthView {
+        let map = self.lock();
+        match map.get(id).filter(|r| r.incarnation == incarnation) {
+            Some(r) => derive(r, self.ttl),
+            None => HealthView {
+                status: Status::Unknown,
+                since: unknown_since.to_owned(),
+                reason: "no heartbeat or probe yet".into(),
+                connections: None,
+            },
+        }
     }
 
-    pub fn is_unhealthy(&self, id: &str) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
+    /// The probe verdict on record for a node incarnation.
+    pub fn probe_down(&self, id: &str, incarnation: i64) -> Option<bool> {
+        self.lock()
             .get(id)
-            .is_some_and(|e| e.status == Status::Unhealthy)
+            .filter(|r| r.incarnation == incarnation)
+            .and_then(|r| r.probe_down)
     }
 
-    /// Unhealthy node ids, for a table build.
-    pub fn unhealthy(&self) -> Vec<String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .filter(|(_, e)| e.status == Status::Unhealthy)
-            .map(|(id, _)| id.clone())
+    /// Unhealthy nodes as (id, incarnation), for a table build.
+    pub fn unhealthy(&self) -> HashSet<(String, i64)> {
+        self.lock()
+            .values()
+            .filter(|r| derive(r, self.ttl).status == Status::Unhealthy)
+            .map(|r| (r.node.clone(), r.incarnation))
             .collect()
     }
 
-    pub fn view(&self, id: &str) -> HealthView {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        // The first look at a node starts its `unknown` period, so `since`
-        // stays put between reads.
-        let e = entries.entry(id.to_owned()).or_insert_with(Entry::new);
-        HealthView {
-            status: e.status,
-            since: e.since.clone(),
-            reason: e.reason.clone(),
-            connections: e.connections,
-        }
+    /// Drops the records of node incarnations that are gone: `alive` tells,
+    /// for an id, the incarnation that exists now. Records of ids not known
+    /// here are kept: the node may not have reached this process yet (a full
+    /// re-read drops those that never do).
+    pub fn retain(&self, alive: impl Fn(&str) -> Option<i64>) {
+        self.lock()
+            .retain(|id, r| alive(id).is_none_or(|inc| inc == r.incarnation));
     }
 
     /// Forgets a deleted node.
     pub fn forget(&self, id: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(id);
+        self.lock().remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -249,44 +221,50 @@ impl HealthRegistry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_silent_node_expires_and_its_next_heartbeat_revives_it() {
-        let reg = HealthRegistry::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(reg.view("a").status, Status::Unknown);
-        let t = reg.heartbeat("a", 5, t0).unwrap();
-        assert_eq!((t.from, t.to), (Status::Unknown, Status::Healthy));
-        assert!(reg.expire(t0 + Duration::from_secs(10)).is_empty());
-        let t = reg.expire(t0 + Duration::from_secs(11));
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].to, Status::Unhealthy);
-        assert_eq!(reg.unhealthy(), vec!["a".to_string()]);
-        let t = reg.heartbeat("a", 6, t0 + Duration::from_secs(12)).unwrap();
-        assert_eq!(t.to, Status::Healthy);
-        assert_eq!(reg.view("a").connections, Some(6));
+    fn record(node: &str) -> HealthRecord {
+        HealthRecord::new(node, 1, "2026-01-01T00:00:00.000Z".into())
     }
 
     #[test]
-    fn probes_need_consecutive_results_to_flip() {
+    fn status_follows_expiry_then_probes_then_heartbeats() {
+        let ttl = Duration::from_secs(10);
+        let mut r = record("a");
+        assert_eq!(derive(&r, ttl).status, Status::Unknown);
+        r.heartbeat_at = Some("2026-01-01T00:00:01.000Z".into());
+        r.heartbeat_since = r.heartbeat_at.clone();
+        assert_eq!(derive(&r, ttl).status, Status::Healthy);
+        r.probe_down = Some(true);
+        r.probe_reason = "refused".into();
+        assert_eq!(derive(&r, ttl).status, Status::Unhealthy);
+        assert_eq!(derive(&r, ttl).reason, "refused");
+        r.probe_down = Some(false);
+        r.expired_at = Some("2026-01-01T00:00:20.000Z".into());
+        let v = derive(&r, ttl);
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Status::Unhealthy, "no heartbeat for 10s")
+        );
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_incarnation_is_not_inherited() {
         let reg = HealthRegistry::new(Duration::from_secs(10));
-        let cfg = ProbeConfig {
-            unhealthy_after: 2,
-            healthy_after: 2,
-            ..ProbeConfig::default()
-        };
-        assert_eq!(
-            reg.probe_result("a", Ok(()), &cfg).unwrap().to,
-            Status::Healthy
-        );
-        assert!(reg.probe_result("a", Err("refused".into()), &cfg).is_none());
-        assert!(reg.probe_result("a", Ok(()), &cfg).is_none());
-        assert!(reg.probe_result("a", Err("refused".into()), &cfg).is_none());
-        let t = reg.probe_result("a", Err("refused".into()), &cfg).unwrap();
-        assert_eq!(t.to, Status::Unhealthy);
-        assert!(reg.probe_result("a", Ok(()), &cfg).is_none());
-        assert_eq!(
-            reg.probe_result("a", Ok(()), &cfg).unwrap().to,
-            Status::Healthy
-        );
+        let mut r = record("a");
+        r.expired_at = Some("2026-01-01T00:00:20.000Z".into());
+        r.heartbeat_at = Some("2026-01-01T00:00:01.000Z".into());
+        let t = reg.apply([r], false);
+        assert_eq!(t.len(), 1);
+        assert_eq!(reg.view("a", 1, "x").status, Status::Unhealthy);
+        assert_eq!(reg.view("a", 2, "x").status, Status::Unknown);
+        reg.retain(|_| Some(2));
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_complete_batch_drops_what_it_does_not_hold() {
+        let reg = HealthRegistry::new(Duration::from_secs(10));
+        reg.apply([record("a"), record("b")], false);
+        reg.apply([record("b")], true);
+        assert_eq!(reg.len(), 1);
     }
 }

@@ -7,7 +7,7 @@ pub use model::{parse, EffectiveNode, Overrides, Source};
 
 use crate::{
     config::Config,
-    store::{SqliteStore, Store},
+    store::{is_postgres_url, PostgresStore, SqliteStore, Store},
 };
 
 /// `imroute check-config`: validates the overrides file with the same rules
@@ -23,9 +23,16 @@ pub async fn check_file(config: &Config) -> Result<String, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let parsed = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let stored = match SqliteStore::open_read_only(&config.database_url).await {
-        Ok(store) => store.load().await.ok(),
-        Err(_) => None,
+    let stored = if is_postgres_url(&config.database_url) {
+        match PostgresStore::connect_only(&config.database_url).await {
+            Ok(store) => store.load().await.ok(),
+            Err(_) => None,
+        }
+    } else {
+        match SqliteStore::open_read_only(&config.database_url).await {
+            Ok(store) => store.load().await.ok(),
+            Err(_) => None,
+        }
     };
     parsed
         .validate(stored.as_ref(), config.limits.max_uid_bytes)

@@ -113,6 +113,18 @@ pub struct EffectiveNode {
     pub stored: Option<NodeRecord>,
 }
 
+impl EffectiveNode {
+    /// The stored node's creation change number; 0 for file-only nodes.
+    pub fn incarnation(&self) -> i64 {
+        self.stored.as_ref().map_or(0, |s| s.created_seq)
+    }
+
+    /// Shown as the start of an `unknown` health.
+    pub fn created_at(&self) -> &str {
+        self.stored.as_ref().map_or("", |s| s.created_at.as_str())
+    }
+}
+
 /// Parses a file's text. An empty file (or only comments) means no overrides.
 pub fn parse(text: &str) -> Result<Overrides, String> {
     let parsed: Option<Overrides> = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
@@ -165,6 +177,54 @@ impl Overrides {
             }
         }
         Ok(())
+    }
+
+    /// The node `id` as the file makes it: the stored record patched, or a
+    /// file-only node; `None` when neither exists.
+    pub fn effective_node(&self, id: &str, stored: Option<&NodeRecord>) -> Option<EffectiveNode> {
+        match (stored, self.nodes.get(id)) {
+            (Some(record), Some(patch)) => Some(EffectiveNode {
+                spec: patch.apply(&record.spec),
+                source: Source::DbAndOverrides,
+                stored: Some(record.clone()),
+            }),
+            (Some(record), None) => Some(EffectiveNode {
+                spec: record.spec.clone(),
+                source: Source::Db,
+                stored: Some(record.clone()),
+            }),
+            (None, Some(patch)) => Some(EffectiveNode {
+                spec: patch.apply(&NodeSpec::new(id)),
+                source: Source::Overrides,
+                stored: None,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// The file's entries that name node `id` (`nodes.gw-1`, `pins.vip`).
+    pub fn references(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.nodes.contains_key(id) {
+            out.push(format!("nodes.{id}"));
+        }
+        for (uid, node) in &self.pins {
+            if node == id {
+                out.push(format!("pins.{uid}"));
+            }
+        }
+        out
+    }
+
+    /// Every node id the file patches or pins to.
+    pub fn referenced_nodes(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .chain(self.pins.values().map(String::as_str))
+            .collect();
+        set.into_iter().map(str::to_owned).collect()
     }
 
     /// Stored nodes with the file's patches applied, plus file-only nodes, in

@@ -1,16 +1,29 @@
 //! Storage behind the [`Store`] trait. Handlers never see it; the control plane
 //! (`control`) is its only user, so a second backend touches nothing else.
+//!
+//! Two backends: SQLite (the embedded default, one process) and PostgreSQL
+//! (any number of replicas sharing one database). Both keep a **change
+//! counter**: every write bumps it in its own transaction and records which
+//! entity it changed, so a process can ask "what changed since N" and reload
+//! only that (`changes_since`). Writers are serialised by the counter row, so
+//! the counter's order is the commit order and no change can be skipped.
 
+mod memory;
+mod postgres;
+mod rows;
 mod sqlite;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
-/// Everything stored, as loaded at start and after each write.
+/// Everything stored, as one consistent snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Stored {
     /// In id order.
@@ -18,6 +31,39 @@ pub struct Stored {
     /// In name order.
     pub strategies: Vec<StrategyRecord>,
     pub active_strategy: String,
+    /// Change number of the last switch of the active strategy.
+    pub active_seq: i64,
+    /// The change counter this snapshot reflects.
+    pub head: i64,
+}
+
+/// One changed entity: its state at `seq` (`None`: deleted).
+#[derive(Debug, Clone)]
+pub struct Change<T> {
+    pub key: String,
+    /// The latest change number of this entity in the batch.
+    pub seq: i64,
+    pub value: Option<T>,
+}
+
+/// What changed after a given change number, read in one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The change counter this batch reflects.
+    pub head: i64,
+    /// Set when the changes are no longer all recorded (the caller is too far
+    /// behind, or the database was replaced): reload everything.
+    pub full: Option<Stored>,
+    pub nodes: Vec<Change<NodeRecord>>,
+    pub strategies: Vec<Change<StrategyRecord>>,
+    pub active_strategy: Option<Change<String>>,
+}
+
+/// The result of a write and the change number it committed as.
+#[derive(Debug, Clone)]
+pub struct Written<T> {
+    pub value: T,
+    pub seq: i64,
 }
 
 /// Who made a change, recorded with it in the audit trail.
@@ -38,6 +84,104 @@ pub struct AuditEntry {
     pub request_id: String,
 }
 
+/// The last good overrides file of one replica, kept so that a replica that
+/// starts with an invalid file keeps what it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedOverrides {
+    pub content: String,
+    pub revision: String,
+    /// Node ids the file patches or pins (a delete of those is refused).
+    pub refs: Vec<String>,
+    pub loaded_at: String,
+}
+
+/// Node health as stored: the facts every replica derives the same status
+/// from. Times are RFC 3339 on the store's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRecord {
+    pub node: String,
+    /// The node's `created_seq` when the record was written: a node deleted
+    /// and created again under the same id starts with a clean record.
+    pub incarnation: i64,
+    pub connections: Option<u64>,
+    /// Last heartbeat.
+    pub heartbeat_at: Option<String>,
+    /// Start of the current run of heartbeats (the node came back then).
+    pub heartbeat_since: Option<String>,
+    /// Set while the heartbeats have stopped for longer than the TTL.
+    pub expired_at: Option<String>,
+    /// The probes' verdict: `Some(true)` down, `Some(false)` up.
+    pub probe_down: Option<bool>,
+    pub probe_since: Option<String>,
+    pub probe_reason: String,
+    pub created_at: String,
+}
+
+impl HealthRecord {
+    pub fn new(node: &str, incarnation: i64, now: String) -> Self {
+        HealthRecord {
+            node: node.to_owned(),
+            incarnation,
+            connections: None,
+            heartbeat_at: None,
+            heartbeat_since: None,
+            expired_at: None,
+            probe_down: None,
+            probe_since: None,
+            probe_reason: String::new(),
+            created_at: now,
+        }
+    }
+}
+
+/// Health records changed since the last read.
+#[derive(Debug, Clone, Default)]
+pub struct HealthBatch {
+    pub records: Vec<HealthRecord>,
+    /// Pass back to the next `health_since`.
+    pub cursor: i64,
+    /// The batch holds every record (not only changes).
+    pub complete: bool,
+}
+
+/// A node to probe, as the prober saw it when the round started.
+#[derive(Debug, Clone)]
+pub struct ProbeVerdict {
+    pub node: String,
+    pub incarnation: i64,
+    /// True when the probes say the node is down.
+    pub down: bool,
+    pub reason: String,
+}
+
+/// One process serving imroute, as it reports itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub addr: String,
+    pub version: String,
+    pub revision: String,
+    pub started_at: String,
+    pub last_seen: String,
+}
+
+/// What a listener heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Stored state changed.
+    Changes,
+    /// Health changed.
+    Health,
+    /// The connection was lost and re-established: notifications may be lost.
+    Reconnected,
+}
+
+/// Notifications from the store (PostgreSQL `LISTEN`). A hint, never the data.
+#[async_trait]
+pub trait Listener: Send {
+    async fn recv(&mut self) -> Result<Signal, StoreError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -47,30 +191,95 @@ pub enum StoreError {
     /// `If-Match` named another version than the stored one.
     #[error("version mismatch: stored version is {current}")]
     VersionMismatch { current: i64 },
+    /// A patch could not be applied to the stored record.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database cannot be reached (connection refused or lost, timeout).
+    #[error("the store is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl StoreError {
+    pub fn internal(msg: impl Into<String>) -> Self {
+        StoreError::Internal(msg.into().into())
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        StoreError::Internal(Box::new(err))
+        let unavailable = match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Class 08: connection exception; 57P01-57P03: the server is
+                // shutting down or not yet accepting; 53300: too many
+                // connections; 57014: statement timeout (a hung store).
+                code.starts_with("08")
+                    || matches!(
+                        &*code,
+                        "57P01" | "57P02" | "57P03" | "53300" | "57014" | "55P03"
+                    )
+            }),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(Box::new(err))
+        } else {
+            StoreError::Internal(Box::new(err))
+        }
     }
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Internal(Box::new(err))
+        match err {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            other => StoreError::Internal(Box::new(other)),
+        }
     }
 }
 
-/// Durable storage of nodes, strategies, the active strategy and the audit trail.
-/// Every write is one transaction that also appends its audit row.
+/// A patch applied to a stored node inside the store's transaction, so the
+/// version check and the read-modify-write see the same row.
+pub type NodePatchFn<'a> = &'a (dyn Fn(&NodeSpec) -> Result<NodeSpec, String> + Send + Sync);
+
+/// Durable storage of nodes, strategies, the active strategy, the audit trail,
+/// and (for backends shared by several processes) health and the replicas.
+/// Every write is one transaction that bumps the change counter and appends
+/// its audit row.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// How long one operation may take before the caller gives up on it.
+    fn op_timeout(&self) -> Duration;
+
+    /// Everything, in one snapshot.
     async fn load(&self) -> Result<Stored, StoreError>;
 
+    /// The change counter (the periodic check of the change feed).
+    async fn head(&self) -> Result<i64, StoreError>;
+
+    /// What changed after change number `after`.
+    async fn changes_since(&self, after: i64) -> Result<Changes, StoreError>;
+
     /// Creates a node; `Conflict` when the id exists.
-    async fn create_node(&self, spec: &NodeSpec, actor: &Actor) -> Result<NodeRecord, StoreError>;
+    async fn create_node(
+        &self,
+        spec: &NodeSpec,
+        actor: &Actor,
+    ) -> Result<Written<NodeRecord>, StoreError>;
 
     /// Creates or replaces a node; `true` when it was created. `expected`, when
     /// given, must equal the stored version (and a missing node has none).
@@ -78,17 +287,27 @@ pub trait Store: Send + Sync + 'static {
         &self,
         spec: &NodeSpec,
         expected: Option<i64>,
-        action: &str,
         actor: &Actor,
-    ) -> Result<(NodeRecord, bool), StoreError>;
+    ) -> Result<(Written<NodeRecord>, bool), StoreError>;
 
-    /// Deletes a node, returning what was deleted.
+    /// Read-modify-write of a stored node in one transaction.
+    async fn patch_node(
+        &self,
+        id: &str,
+        expected: Option<i64>,
+        patch: NodePatchFn<'_>,
+        actor: &Actor,
+    ) -> Result<Written<NodeRecord>, StoreError>;
+
+    /// Deletes a node and its health, returning what was deleted. `Conflict`
+    /// when another live replica's overrides file refers to it.
     async fn delete_node(
         &self,
         id: &str,
         expected: Option<i64>,
+        replica: &str,
         actor: &Actor,
-    ) -> Result<NodeRecord, StoreError>;
+    ) -> Result<Written<NodeRecord>, StoreError>;
 
     /// Creates or replaces a strategy; `true` when it was created.
     async fn put_strategy(
@@ -98,7 +317,7 @@ pub trait Store: Send + Sync + 'static {
         params: &Value,
         expected: Option<i64>,
         actor: &Actor,
-    ) -> Result<(StrategyRecord, bool), StoreError>;
+    ) -> Result<(Written<StrategyRecord>, bool), StoreError>;
 
     /// Deletes a strategy; `Conflict` when it is the active one.
     async fn delete_strategy(
@@ -106,20 +325,14 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         expected: Option<i64>,
         actor: &Actor,
-    ) -> Result<StrategyRecord, StoreError>;
+    ) -> Result<Written<StrategyRecord>, StoreError>;
 
     /// Makes a stored strategy the active one; `NotFound` when it is not stored.
-    async fn set_active_strategy(&self, name: &str, actor: &Actor) -> Result<(), StoreError>;
-
-    /// Appends an audit row for a change made outside the store (an overrides reload).
-    async fn audit(
+    async fn set_active_strategy(
         &self,
-        action: &str,
-        target: &str,
-        before: Option<Value>,
-        after: Option<Value>,
+        name: &str,
         actor: &Actor,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Written<String>, StoreError>;
 
     /// Audit rows with `id < before`, newest first.
     async fn audit_page(
@@ -127,9 +340,119 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         before: Option<i64>,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Keeps a replica's last good overrides file and appends the audit row
+    /// of the reload (when the content changed), in one transaction.
+    async fn save_overrides(
+        &self,
+        replica: &str,
+        saved: &SavedOverrides,
+        previous_revision: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
+
+    /// A replica's last good overrides file.
+    async fn load_overrides(&self, replica: &str) -> Result<Option<SavedOverrides>, StoreError>;
+
+    // ----- health -----
+
+    /// Records a heartbeat of a stored node, or of a node that exists only in
+    /// this replica's overrides file (`file_only`, incarnation 0).
+    /// `NotFound` when the node is not stored. Also tells whether the node
+    /// came back (its first heartbeat, or the first after expiry).
+    async fn heartbeat(
+        &self,
+        node: &str,
+        file_only: bool,
+        connections: u64,
+    ) -> Result<(HealthRecord, bool), StoreError>;
+
+    /// Health records written after `cursor` (0: all of them).
+    async fn health_since(&self, cursor: i64) -> Result<HealthBatch, StoreError>;
+
+    /// Tries to become, or checks that this process still is, the one that
+    /// judges heartbeat expiry and runs probes. Cheap; called every tick.
+    async fn lead(&self) -> Result<bool, StoreError>;
+
+    /// Marks nodes whose heartbeats stopped more than `ttl` ago (on the
+    /// store's clock; the count restarts when leadership is taken, so an
+    /// outage never expires anyone). Leader only.
+    async fn expire(&self, ttl: Duration) -> Result<Vec<HealthRecord>, StoreError>;
+
+    /// Stores probe verdicts that changed. Leader only. Verdicts for nodes
+    /// deleted (or re-created) since the round started are dropped.
+    async fn set_probe_verdicts(
+        &self,
+        verdicts: &[ProbeVerdict],
+    ) -> Result<Vec<HealthRecord>, StoreError>;
+
+    // ----- replicas -----
+
+    /// Reports this replica (every second).
+    async fn report_replica(&self, me: &ReplicaInfo) -> Result<(), StoreError>;
+
+    /// Replicas that reported within the last 5 seconds, in id order.
+    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError>;
+
+    /// Removes this replica from the registry (clean shutdown).
+    async fn leave(&self, replica: &str) -> Result<(), StoreError>;
+
+    /// A listener for change notifications, for backends shared by several
+    /// processes; `None` when there is nothing to listen to.
+    async fn listen(&self) -> Result<Option<Box<dyn Listener>>, StoreError>;
+}
+
+/// Opens the store that `database_url` names: `sqlite:` (the default) or
+/// `postgres://` / `postgresql://`.
+pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if is_postgres_url(database_url) {
+        Ok(std::sync::Arc::new(
+            PostgresStore::open(database_url).await?,
+        ))
+    } else {
+        Ok(std::sync::Arc::new(SqliteStore::open(database_url).await?))
+    }
+}
+
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Current time as stored and shown: RFC 3339, UTC, milliseconds.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339(chrono::Utc::now())
 }
+
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The audit form of a node: its spec plus its version.
+pub fn node_json(record: &NodeRecord) -> Value {
+    let mut v = serde_json::to_value(&record.spec).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("version".into(), record.version.into());
+    }
+    v
+}
+
+/// The audit form of a strategy.
+pub fn strategy_json(record: &StrategyRecord) -> Value {
+    serde_json::json!({
+        "name": record.name, "kind": record.kind, "params": record.params,
+        "version": record.version,
+    })
+}
+
+/// `expected` (from `If-Match`) against the stored version.
+pub fn check_version(expected: Option<i64>, current: Option<i64>) -> Result<(), StoreError> {
+    match (expected, current) {
+        (Some(e), Some(c)) if e != c => Err(StoreError::VersionMismatch { current: c }),
+        (Some(_), None) => Err(StoreError::VersionMismatch { current: 0 }),
+        _ => Ok(()),
+    }
+}
+
+/// Changes older than this many change numbers are pruned; a process further
+/// behind reloads everything.
+pub const CHANGES_KEPT: i64 = 10_000;

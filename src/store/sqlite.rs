@@ -1,27 +1,39 @@
 //! The SQLite backend: WAL journal, `synchronous=FULL` (a commit is on disk
 //! before it is acknowledged), a generous busy timeout and `BEGIN IMMEDIATE`
-//! write transactions, so concurrent writers wait instead of failing.
+//! write transactions, so concurrent writers wait instead of failing. Health
+//! and the replica registry live in memory (one process).
 
-use std::{collections::BTreeMap, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::{
     sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
     },
     Row, SqliteConnection, SqlitePool,
 };
 
-use super::{now_rfc3339, Actor, AuditEntry, Store, StoreError, Stored};
-use crate::model::{Addrs, NodeRecord, NodeSpec, NodeState, StrategyRecord};
+use super::{
+    rows,
+    check_version, memory::MemoryHealth, node_json, now_rfc3339, strategy_json, Actor, AuditEntry,
+    Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo,
+    SavedOverrides, Store, StoreError, Stored, Written, CHANGES_KEPT,
+};
+use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    health: MemoryHealth,
+    /// Orders heartbeats against node deletes, so a heartbeat that raced a
+    /// delete cannot leave a record behind.
+    health_gate: tokio::sync::Mutex<()>,
 }
 
 const NODE_COLUMNS: &str = "id, region, weight, state, ext_tcp_addr, ext_ws_addr, ext_wss_addr, \
-     int_tcp_addr, int_ws_addr, int_wss_addr, labels, version, created_at, updated_at";
+     int_tcp_addr, int_ws_addr, int_wss_addr, labels, version, created_at, updated_at, seq, created_seq";
+
+const STRATEGY_COLUMNS: &str = "name, kind, params, version, created_at, updated_at, seq";
 
 impl SqliteStore {
     /// Opens (creating the file and its folder if needed) and migrates.
@@ -42,8 +54,12 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            pool,
+            health: MemoryHealth::default(),
+            health_gate: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Opens an existing database read-only, without migrating (for checks).
@@ -55,7 +71,27 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            health: MemoryHealth::default(),
+            health_gate: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `PRAGMA synchronous` as every pooled connection sees it (2 = FULL).
+    pub async fn synchronous(&self) -> Result<Vec<i64>, StoreError> {
+        let mut conns = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..self.pool.options().get_max_connections() {
+            let mut conn = self.pool.acquire().await?;
+            out.push(
+                sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(&mut *conn)
+                    .await?,
+            );
+            conns.push(conn);
+        }
+        Ok(out)
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
@@ -65,64 +101,6 @@ impl SqliteStore {
     }
 }
 
-fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
-    let state: String = row.try_get("state")?;
-    let labels: String = row.try_get("labels")?;
-    let weight: i64 = row.try_get("weight")?;
-    let bad = |what: &str| StoreError::Internal(format!("corrupt stored node: {what}").into());
-    Ok(NodeRecord {
-        spec: NodeSpec {
-            id: row.try_get("id")?,
-            region: row.try_get("region")?,
-            weight: u16::try_from(weight).map_err(|_| bad("weight"))?,
-            state: NodeState::parse(&state).ok_or_else(|| bad("state"))?,
-            external: Addrs {
-                tcp_addr: row.try_get("ext_tcp_addr")?,
-                ws_addr: row.try_get("ext_ws_addr")?,
-                wss_addr: row.try_get("ext_wss_addr")?,
-            },
-            intranet: Addrs {
-                tcp_addr: row.try_get("int_tcp_addr")?,
-                ws_addr: row.try_get("int_ws_addr")?,
-                wss_addr: row.try_get("int_wss_addr")?,
-            },
-            labels: serde_json::from_str::<BTreeMap<String, String>>(&labels)
-                .map_err(|_| bad("labels"))?,
-        },
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn strategy_from_row(row: &SqliteRow) -> Result<StrategyRecord, StoreError> {
-    let params: String = row.try_get("params")?;
-    Ok(StrategyRecord {
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        params: serde_json::from_str(&params)
-            .map_err(|_| StoreError::Internal("corrupt stored strategy params".into()))?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-/// The audit form of a node: its spec plus its version.
-pub fn node_json(record: &NodeRecord) -> Value {
-    let mut v = serde_json::to_value(&record.spec).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut v {
-        map.insert("version".into(), record.version.into());
-    }
-    v
-}
-
-fn strategy_json(record: &StrategyRecord) -> Value {
-    serde_json::json!({
-        "name": record.name, "kind": record.kind, "params": record.params,
-        "version": record.version,
-    })
-}
 
 async fn get_node(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRecord>, StoreError> {
     let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?");
@@ -130,26 +108,46 @@ async fn get_node(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRe
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(node_from_row).transpose()
+    row.as_ref().map(rows::node).transpose()
 }
 
 async fn get_strategy(
     conn: &mut SqliteConnection,
     name: &str,
 ) -> Result<Option<StrategyRecord>, StoreError> {
-    let row = sqlx::query("SELECT * FROM strategies WHERE name = ?")
+    let sql = format!("SELECT {STRATEGY_COLUMNS} FROM strategies WHERE name = ?");
+    let row = sqlx::query(&sql)
         .bind(name)
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(strategy_from_row).transpose()
+    row.as_ref().map(rows::strategy).transpose()
 }
 
-async fn active_strategy(conn: &mut SqliteConnection) -> Result<String, StoreError> {
-    let value: Option<String> =
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'active_strategy'")
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(value.unwrap_or_else(|| "default".into()))
+async fn active_strategy(conn: &mut SqliteConnection) -> Result<(String, i64), StoreError> {
+    let row = sqlx::query("SELECT active_strategy, active_seq FROM cluster_state WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Bumps the change counter and records what changed; returns the change number.
+async fn bump(conn: &mut SqliteConnection, kind: &str, key: &str) -> Result<i64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE cluster_state SET change_seq = change_seq + 1 WHERE id = 1 RETURNING change_seq",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO changes (seq, kind, key) VALUES (?, ?, ?)")
+        .bind(seq)
+        .bind(kind)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM changes WHERE seq <= ?")
+        .bind(seq - CHANGES_KEPT)
+        .execute(&mut *conn)
+        .await?;
+    Ok(seq)
 }
 
 async fn insert_audit(
@@ -174,30 +172,25 @@ async fn insert_audit(
     Ok(())
 }
 
-fn check_version(expected: Option<i64>, current: Option<i64>) -> Result<(), StoreError> {
-    match (expected, current) {
-        (Some(e), Some(c)) if e != c => Err(StoreError::VersionMismatch { current: c }),
-        (Some(_), None) => Err(StoreError::VersionMismatch { current: 0 }),
-        _ => Ok(()),
-    }
-}
-
 async fn write_node(
     conn: &mut SqliteConnection,
     spec: &NodeSpec,
     previous: Option<&NodeRecord>,
 ) -> Result<NodeRecord, StoreError> {
+    let seq = bump(conn, "node", &spec.id).await?;
     let now = now_rfc3339();
     let record = NodeRecord {
         spec: spec.clone(),
         version: previous.map_or(1, |p| p.version + 1),
         created_at: previous.map_or_else(|| now.clone(), |p| p.created_at.clone()),
         updated_at: now,
+        seq,
+        created_seq: previous.map_or(seq, |p| p.created_seq),
     };
     let labels =
         serde_json::to_string(&spec.labels).map_err(|e| StoreError::Internal(Box::new(e)))?;
     sqlx::query(&format!(
-        "INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&spec.id)
     .bind(&spec.region)
@@ -213,37 +206,137 @@ async fn write_node(
     .bind(record.version)
     .bind(&record.created_at)
     .bind(&record.updated_at)
+    .bind(record.seq)
+    .bind(record.created_seq)
     .execute(&mut *conn)
     .await?;
     Ok(record)
 }
 
+async fn load_all(conn: &mut SqliteConnection) -> Result<Stored, StoreError> {
+    let head: i64 = sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id");
+    let nodes = sqlx::query(&sql)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(rows::node)
+        .collect::<Result<_, _>>()?;
+    let sql = format!("SELECT {STRATEGY_COLUMNS} FROM strategies ORDER BY name");
+    let strategies = sqlx::query(&sql)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(rows::strategy)
+        .collect::<Result<_, _>>()?;
+    let (active_strategy, active_seq) = active_strategy(conn).await?;
+    Ok(Stored {
+        nodes,
+        strategies,
+        active_strategy,
+        active_seq,
+        head,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load(&self) -> Result<Stored, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id");
-        let nodes = sqlx::query(&sql)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(node_from_row)
-            .collect::<Result<_, _>>()?;
-        let strategies = sqlx::query("SELECT * FROM strategies ORDER BY name")
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(strategy_from_row)
-            .collect::<Result<_, _>>()?;
-        let active_strategy = active_strategy(&mut conn).await?;
-        Ok(Stored {
-            nodes,
-            strategies,
-            active_strategy,
-        })
+    fn kind(&self) -> &'static str {
+        "sqlite"
     }
 
-    async fn create_node(&self, spec: &NodeSpec, actor: &Actor) -> Result<NodeRecord, StoreError> {
+    fn op_timeout(&self) -> Duration {
+        // Contention with another process is waited out (busy timeout), not
+        // reported; only a store stuck for longer than that is an error.
+        Duration::from_secs(35)
+    }
+
+    async fn load(&self) -> Result<Stored, StoreError> {
+        // One read transaction: one snapshot of the WAL.
+        let mut tx = self.pool.begin().await?;
+        let stored = load_all(&mut tx).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn head(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn changes_since(&self, after: i64) -> Result<Changes, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if head == after {
+            return Ok(Changes {
+                head,
+                ..Changes::default()
+            });
+        }
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        if head < after || oldest.is_none_or(|o| o > after + 1) {
+            let full = load_all(&mut tx).await?;
+            tx.commit().await?;
+            return Ok(Changes {
+                head: full.head,
+                full: Some(full),
+                ..Changes::default()
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT kind, key, MAX(seq) AS seq FROM changes WHERE seq > ? GROUP BY kind, key",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Changes {
+            head,
+            ..Changes::default()
+        };
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            let key: String = row.try_get("key")?;
+            let seq: i64 = row.try_get("seq")?;
+            match kind.as_str() {
+                "node" => out.nodes.push(Change {
+                    value: get_node(&mut tx, &key).await?,
+                    key,
+                    seq,
+                }),
+                "strategy" => out.strategies.push(Change {
+                    value: get_strategy(&mut tx, &key).await?,
+                    key,
+                    seq,
+                }),
+                "active" => {
+                    let (name, _) = active_strategy(&mut tx).await?;
+                    out.active_strategy = Some(Change {
+                        key,
+                        seq,
+                        value: Some(name),
+                    });
+                }
+                other => return Err(StoreError::internal(format!("unknown change kind {other}"))),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn create_node(
+        &self,
+        spec: &NodeSpec,
+        actor: &Actor,
+    ) -> Result<Written<NodeRecord>, StoreError> {
         let mut tx = self.begin().await?;
         if get_node(&mut tx, &spec.id).await?.is_some() {
             return Err(StoreError::Conflict(format!(
@@ -262,23 +355,25 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(record)
+        Ok(Written {
+            seq: record.seq,
+            value: record,
+        })
     }
 
     async fn put_node(
         &self,
         spec: &NodeSpec,
         expected: Option<i64>,
-        action: &str,
         actor: &Actor,
-    ) -> Result<(NodeRecord, bool), StoreError> {
+    ) -> Result<(Written<NodeRecord>, bool), StoreError> {
         let mut tx = self.begin().await?;
         let previous = get_node(&mut tx, &spec.id).await?;
         check_version(expected, previous.as_ref().map(|p| p.version))?;
         let record = write_node(&mut tx, spec, previous.as_ref()).await?;
         insert_audit(
             &mut tx,
-            action,
+            "node.replace",
             &spec.id,
             previous.as_ref().map(node_json),
             Some(node_json(&record)),
@@ -286,20 +381,59 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok((record, previous.is_none()))
+        Ok((
+            Written {
+                seq: record.seq,
+                value: record,
+            },
+            previous.is_none(),
+        ))
+    }
+
+    async fn patch_node(
+        &self,
+        id: &str,
+        expected: Option<i64>,
+        patch: NodePatchFn<'_>,
+        actor: &Actor,
+    ) -> Result<Written<NodeRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        let previous = get_node(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        check_version(expected, Some(previous.version))?;
+        let spec = patch(&previous.spec).map_err(StoreError::Invalid)?;
+        let record = write_node(&mut tx, &spec, Some(&previous)).await?;
+        insert_audit(
+            &mut tx,
+            "node.update",
+            id,
+            Some(node_json(&previous)),
+            Some(node_json(&record)),
+            actor,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Written {
+            seq: record.seq,
+            value: record,
+        })
     }
 
     async fn delete_node(
         &self,
         id: &str,
         expected: Option<i64>,
+        _replica: &str,
         actor: &Actor,
-    ) -> Result<NodeRecord, StoreError> {
+    ) -> Result<Written<NodeRecord>, StoreError> {
+        let _gate = self.health_gate.lock().await;
         let mut tx = self.begin().await?;
         let previous = get_node(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         check_version(expected, Some(previous.version))?;
+        let seq = bump(&mut tx, "node", id).await?;
         sqlx::query("DELETE FROM nodes WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -314,7 +448,11 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(previous)
+        self.health.forget(id);
+        Ok(Written {
+            value: previous,
+            seq,
+        })
     }
 
     async fn put_strategy(
@@ -324,10 +462,11 @@ impl Store for SqliteStore {
         params: &Value,
         expected: Option<i64>,
         actor: &Actor,
-    ) -> Result<(StrategyRecord, bool), StoreError> {
+    ) -> Result<(Written<StrategyRecord>, bool), StoreError> {
         let mut tx = self.begin().await?;
         let previous = get_strategy(&mut tx, name).await?;
         check_version(expected, previous.as_ref().map(|p| p.version))?;
+        let seq = bump(&mut tx, "strategy", name).await?;
         let now = now_rfc3339();
         let record = StrategyRecord {
             name: name.into(),
@@ -338,17 +477,18 @@ impl Store for SqliteStore {
                 .as_ref()
                 .map_or_else(|| now.clone(), |p| p.created_at.clone()),
             updated_at: now,
+            seq,
         };
-        sqlx::query(
-            "INSERT OR REPLACE INTO strategies (name, kind, params, version, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        sqlx::query(&format!(
+            "INSERT OR REPLACE INTO strategies ({STRATEGY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
         .bind(name)
         .bind(kind)
         .bind(params.to_string())
         .bind(record.version)
         .bind(&record.created_at)
         .bind(&record.updated_at)
+        .bind(seq)
         .execute(&mut *tx)
         .await?;
         insert_audit(
@@ -361,7 +501,7 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok((record, previous.is_none()))
+        Ok((Written { value: record, seq }, previous.is_none()))
     }
 
     async fn delete_strategy(
@@ -369,17 +509,18 @@ impl Store for SqliteStore {
         name: &str,
         expected: Option<i64>,
         actor: &Actor,
-    ) -> Result<StrategyRecord, StoreError> {
+    ) -> Result<Written<StrategyRecord>, StoreError> {
         let mut tx = self.begin().await?;
         let previous = get_strategy(&mut tx, name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("strategy {name}")))?;
         check_version(expected, Some(previous.version))?;
-        if active_strategy(&mut tx).await? == name {
+        if active_strategy(&mut tx).await?.0 == name {
             return Err(StoreError::Conflict(format!(
                 "strategy {name} is the active strategy; switch to another one first"
             )));
         }
+        let seq = bump(&mut tx, "strategy", name).await?;
         sqlx::query("DELETE FROM strategies WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
@@ -394,17 +535,26 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(previous)
+        Ok(Written {
+            value: previous,
+            seq,
+        })
     }
 
-    async fn set_active_strategy(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
+    async fn set_active_strategy(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<Written<String>, StoreError> {
         let mut tx = self.begin().await?;
         if get_strategy(&mut tx, name).await?.is_none() {
             return Err(StoreError::NotFound(format!("strategy {name}")));
         }
-        let before = active_strategy(&mut tx).await?;
-        sqlx::query("INSERT OR REPLACE INTO settings (key, value) VALUES ('active_strategy', ?)")
+        let (before, _) = active_strategy(&mut tx).await?;
+        let seq = bump(&mut tx, "active", "").await?;
+        sqlx::query("UPDATE cluster_state SET active_strategy = ?, active_seq = ? WHERE id = 1")
             .bind(name)
+            .bind(seq)
             .execute(&mut *tx)
             .await?;
         insert_audit(
@@ -417,21 +567,10 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn audit(
-        &self,
-        action: &str,
-        target: &str,
-        before: Option<Value>,
-        after: Option<Value>,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        insert_audit(&mut tx, action, target, before, after, actor).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(Written {
+            value: name.into(),
+            seq,
+        })
     }
 
     async fn audit_page(
@@ -447,19 +586,137 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    action: row.try_get("action")?,
-                    target: row.try_get("target")?,
-                    before: json(row.try_get("before")?),
-                    after: json(row.try_get("after")?),
-                    request_id: row.try_get("request_id")?,
-                })
+        rows.iter().map(rows::audit).collect()
+    }
+
+    async fn save_overrides(
+        &self,
+        replica: &str,
+        saved: &SavedOverrides,
+        previous_revision: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let refs =
+            serde_json::to_string(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO replica_overrides (replica_id, content, revision, refs, loaded_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(replica)
+        .bind(&saved.content)
+        .bind(&saved.revision)
+        .bind(refs)
+        .bind(&saved.loaded_at)
+        .execute(&mut *tx)
+        .await?;
+        if previous_revision != Some(saved.revision.as_str()) {
+            insert_audit(
+                &mut tx,
+                "overrides.reload",
+                replica,
+                previous_revision
+                    .filter(|r| !r.is_empty())
+                    .map(|r| Value::String(r.into())),
+                Some(Value::String(saved.revision.clone())),
+                actor,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_overrides(&self, replica: &str) -> Result<Option<SavedOverrides>, StoreError> {
+        let row = sqlx::query(
+            "SELECT content, revision, refs, loaded_at FROM replica_overrides WHERE replica_id = ?",
+        )
+        .bind(replica)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let refs: String = row.try_get("refs")?;
+            Ok(SavedOverrides {
+                content: row.try_get("content")?,
+                revision: row.try_get("revision")?,
+                refs: serde_json::from_str(&refs).unwrap_or_default(),
+                loaded_at: row.try_get("loaded_at")?,
             })
-            .collect()
+        })
+        .transpose()
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &str,
+        file_only: bool,
+        connections: u64,
+    ) -> Result<(HealthRecord, bool), StoreError> {
+        let _gate = self.health_gate.lock().await;
+        let incarnation = if file_only {
+            0
+        } else {
+            sqlx::query_scalar::<_, i64>("SELECT created_seq FROM nodes WHERE id = ?")
+                .bind(node)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("node {node}")))?
+        };
+        Ok(self.health.heartbeat(node, incarnation, connections))
+    }
+
+    async fn health_since(&self, cursor: i64) -> Result<HealthBatch, StoreError> {
+        Ok(self.health.since(cursor))
+    }
+
+    async fn lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn expire(&self, ttl: Duration) -> Result<Vec<HealthRecord>, StoreError> {
+        Ok(self.health.expire(ttl))
+    }
+
+    async fn set_probe_verdicts(
+        &self,
+        verdicts: &[ProbeVerdict],
+    ) -> Result<Vec<HealthRecord>, StoreError> {
+        let _gate = self.health_gate.lock().await;
+        let mut alive = std::collections::HashSet::new();
+        for v in verdicts {
+            if v.incarnation == 0 {
+                alive.insert((v.node.clone(), 0));
+                continue;
+            }
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT created_seq FROM nodes WHERE id = ?")
+                    .bind(&v.node)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(inc) = found {
+                alive.insert((v.node.clone(), inc));
+            }
+        }
+        Ok(self
+            .health
+            .set_probe_verdicts(verdicts, |id, inc| alive.contains(&(id.to_owned(), inc))))
+    }
+
+    async fn report_replica(&self, me: &ReplicaInfo) -> Result<(), StoreError> {
+        self.health.report_replica(me);
+        Ok(())
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        Ok(self.health.replicas())
+    }
+
+    async fn leave(&self, replica: &str) -> Result<(), StoreError> {
+        self.health.leave(replica);
+        Ok(())
+    }
+
+    async fn listen(&self) -> Result<Option<Box<dyn Listener>>, StoreError> {
+        Ok(None)
     }
 }

@@ -9,5 +9,7 @@ mod health;
 mod nodes;
 mod ops;
 mod overrides;
+mod pg;
 mod route;
+mod store;
 mod strategies;
