@@ -24,8 +24,7 @@ use sqlx::{
 };
 
 use super::{
-    rows,
-    check_version, node_json, now_rfc3339, rfc3339, strategy_json, Actor, AuditEntry, Change,
+    check_version, node_json, now_rfc3339, rfc3339, rows, strategy_json, Actor, AuditEntry, Change,
     Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo,
     SavedOverrides, Signal, Store, StoreError, Stored, Written, CHANGES_KEPT,
 };
@@ -137,7 +136,6 @@ impl PostgresStore {
         Ok(())
     }
 }
-
 
 fn health_from_row(row: &PgRow) -> Result<HealthRecord, StoreError> {
     let time = |col: &str| -> Result<Option<String>, StoreError> {

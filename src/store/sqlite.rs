@@ -8,17 +8,14 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::{
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     Row, SqliteConnection, SqlitePool,
 };
 
 use super::{
-    rows,
-    check_version, memory::MemoryHealth, node_json, now_rfc3339, strategy_json, Actor, AuditEntry,
-    Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo,
-    SavedOverrides, Store, StoreError, Stored, Written, CHANGES_KEPT,
+    check_version, memory::MemoryHealth, node_json, now_rfc3339, rows, strategy_json, Actor,
+    AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict,
+    ReplicaInfo, SavedOverrides, Store, StoreError, Stored, Written, CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -100,7 +97,6 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
-
 
 async fn get_node(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRecord>, StoreError> {
     let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?");

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod cli;
+mod cluster;
 mod errors;
 mod hardening;
 mod health;
@@ -10,6 +11,7 @@ mod nodes;
 mod ops;
 mod overrides;
 mod pg;
+mod proxy;
 mod route;
 mod store;
 mod strategies;

@@ -48,7 +48,8 @@ impl TestDb {
     /// server answers and PostgreSQL is not required.
     pub async fn create(test: &str) -> Option<TestDb> {
         let server = server_url();
-        let conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&server)).await;
+        let conn =
+            tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&server)).await;
         let mut conn = match conn {
             Ok(Ok(c)) => c,
             other => {
@@ -81,11 +82,6 @@ impl TestDb {
             name,
             server,
         })
-    }
-
-    /// A connection to the test database itself.
-    pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.expect("connect to the test database")
     }
 
     /// Terminates every connection to the test database but the caller's.
@@ -133,7 +129,10 @@ fn urls_get_their_database_replaced() {
         with_database("postgres://u@h:5432/postgres", "x"),
         "postgres://u@h:5432/x"
     );
-    assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+    assert_eq!(
+        with_database("postgres://u@h:5432", "x"),
+        "postgres://u@h:5432/x"
+    );
     assert_eq!(
         with_database("postgresql://u:p@h/db?sslmode=disable", "x"),
         "postgresql://u:p@h/x?sslmode=disable"

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use imroute::{
     model::NodeSpec,
-    store::{Actor, PostgresStore, ProbeVerdict, ReplicaInfo, SavedOverrides, SqliteStore, Store, StoreError},
+    store::{
+        Actor, PostgresStore, ProbeVerdict, ReplicaInfo, SavedOverrides, SqliteStore, Store,
+        StoreError,
+    },
 };
 use serde_json::json;
 
@@ -70,7 +73,10 @@ async fn versions_and_if_match_are_checked_in_the_transaction(store: Arc<dyn Sto
     let (w2, created) = store.put_node(&spec("gw-1"), Some(1), &a).await.unwrap();
     assert!(!created);
     assert_eq!(w2.value.version, 2);
-    assert_eq!(w2.value.created_seq, w.seq, "an update keeps the incarnation");
+    assert_eq!(
+        w2.value.created_seq, w.seq,
+        "an update keeps the incarnation"
+    );
     match store.put_node(&spec("gw-1"), Some(1), &a).await {
         Err(StoreError::VersionMismatch { current: 2 }) => {}
         other => panic!("a stale If-Match must fail: {other:?}"),
@@ -159,12 +165,18 @@ async fn a_reader_too_far_behind_gets_everything(store: Arc<dyn Store>) {
 }
 
 async fn every_write_appends_its_audit_row(store: Arc<dyn Store>) {
-    store.create_node(&spec("a"), &actor("req-1")).await.unwrap();
+    store
+        .create_node(&spec("a"), &actor("req-1"))
+        .await
+        .unwrap();
     store
         .put_node(&spec("a"), Some(1), &actor("req-2"))
         .await
         .unwrap();
-    store.delete_node("a", None, "me", &actor("req-3")).await.unwrap();
+    store
+        .delete_node("a", None, "me", &actor("req-3"))
+        .await
+        .unwrap();
     let rows = store.audit_page(10, None).await.unwrap();
     let seen: Vec<(&str, &str)> = rows
         .iter()
@@ -205,9 +217,7 @@ async fn conflicts_and_missing_entities_are_refused(store: Arc<dyn Store>) {
     ));
 }
 
-async fn heartbeats_need_a_stored_node_and_a_new_incarnation_starts_clean(
-    store: Arc<dyn Store>,
-) {
+async fn heartbeats_need_a_stored_node_and_a_new_incarnation_starts_clean(store: Arc<dyn Store>) {
     let a = actor("r");
     assert!(matches!(
         store.heartbeat("ghost", false, 1).await,
@@ -244,7 +254,10 @@ async fn heartbeats_need_a_stored_node_and_a_new_incarnation_starts_clean(
     let before = store.health_since(0).await.unwrap();
     store.heartbeat("a", false, 2).await.unwrap();
     let after = store.health_since(before.cursor).await.unwrap();
-    assert!(after.records.iter().any(|r| r.node == "a" && r.connections == Some(2)));
+    assert!(after
+        .records
+        .iter()
+        .any(|r| r.node == "a" && r.connections == Some(2)));
     assert!(!after.complete);
 }
 
@@ -254,13 +267,21 @@ async fn expiry_and_probe_verdicts_are_stored(store: Arc<dyn Store>) {
     assert!(store.lead().await.unwrap(), "a lone process leads");
     store.heartbeat("a", false, 1).await.unwrap();
     // Long TTL: nothing expires.
-    assert!(store.expire(Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(store
+        .expire(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = store.expire(Duration::from_millis(1)).await.unwrap();
     assert_eq!(expired.len(), 1);
     assert!(expired[0].expired_at.is_some());
     // Expired once: not again.
-    assert!(store.expire(Duration::from_millis(1)).await.unwrap().is_empty());
+    assert!(store
+        .expire(Duration::from_millis(1))
+        .await
+        .unwrap()
+        .is_empty());
     let (r, revived) = store.heartbeat("a", false, 1).await.unwrap();
     assert!(revived && r.expired_at.is_none());
 
@@ -285,9 +306,7 @@ async fn expiry_and_probe_verdicts_are_stored(store: Arc<dyn Store>) {
     assert!(out.is_empty());
 }
 
-async fn the_last_good_overrides_are_kept_with_one_audit_row_per_revision(
-    store: Arc<dyn Store>,
-) {
+async fn the_last_good_overrides_are_kept_with_one_audit_row_per_revision(store: Arc<dyn Store>) {
     assert!(store.load_overrides("r1").await.unwrap().is_none());
     let saved = SavedOverrides {
         content: "pins: {vip: a}\n".into(),

@@ -1,0 +1,563 @@
+//! Several replicas on one PostgreSQL database: real servers on port 0 (and
+//! real child processes where a crash is the point), real HTTP.
+
+use std::time::{Duration, Instant};
+
+use imroute::config::Config;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{
+    helpers::{eventually, spawn_app_with, uids, Process, TestApp, TOKEN},
+    pg::{with_database, TestDb},
+    proxy::Proxy,
+};
+
+/// `n` replicas on one database, started at the same moment.
+async fn replicas(url: &str, n: usize, f: impl Fn(usize, &mut Config) + Clone) -> Vec<TestApp> {
+    let starts = (0..n).map(|i| {
+        let url = url.to_owned();
+        let f = f.clone();
+        spawn_app_with(move |c| {
+            c.database_url = url;
+            c.cluster.replica_id = Some(format!("r{i}"));
+            f(i, c);
+        })
+    });
+    futures_util::future::join_all(starts).await
+}
+
+async fn revision(app: &TestApp) -> String {
+    let (status, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    assert_eq!(status, 200, "{routing}");
+    routing["revision"].as_str().unwrap().to_owned()
+}
+
+async fn revisions(apps: &[TestApp]) -> Vec<String> {
+    let mut out = Vec::new();
+    for app in apps {
+        out.push(revision(app).await);
+    }
+    out
+}
+
+/// Waits until every replica shows `want` (or, with `None`, one revision).
+async fn converge(apps: &[TestApp], want: Option<&str>, deadline: Duration) -> bool {
+    eventually(deadline, || async {
+        let revs = revisions(apps).await;
+        revs.windows(2).all(|w| w[0] == w[1]) && want.is_none_or(|w| revs[0] == w)
+    })
+    .await
+}
+
+fn node_body(id: &str) -> Value {
+    json!({"id": id, "external": {"tcp_addr": format!("{id}.example.com:5100")}})
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test]
+async fn three_replicas_start_together_and_see_each_others_writes() {
+    let Some(db) = TestDb::create("three_replicas_see_writes").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 3, |_, _| {}).await;
+    let mut lags = Vec::new();
+    for i in 0..30 {
+        let writer = &apps[i % 3];
+        let (status, body) = writer
+            .admin_json(
+                Method::POST,
+                "/admin/nodes",
+                Some(node_body(&format!("gw-{i}"))),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let written = Instant::now();
+        let want = revision(writer).await;
+        assert!(
+            converge(&apps, Some(&want), Duration::from_secs(3)).await,
+            "write {i} on r{} reached every replica",
+            i % 3
+        );
+        lags.push(written.elapsed());
+    }
+    lags.sort();
+    println!(
+        "write on one replica -> same revision on all three: p50 {:?}, p90 {:?}, max {:?} (30 writes)",
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.9),
+        lags[lags.len() - 1]
+    );
+    // Every replica lists every node, with the same versions.
+    for app in &apps {
+        let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+        assert_eq!(nodes.as_array().unwrap().len(), 30);
+    }
+    let (_, cluster) = apps[0]
+        .admin_json(Method::GET, "/admin/cluster", None)
+        .await;
+    assert_eq!(cluster["store"], json!({"kind": "postgres", "up": true}));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, c) = apps[1]
+                .admin_json(Method::GET, "/admin/cluster", None)
+                .await;
+            c["replicas"].as_array().unwrap().len() == 3 && c["converged"] == true
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn every_replica_gives_every_user_the_same_node_and_revision() {
+    let Some(db) = TestDb::create("same_answers").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 3, |_, _| {}).await;
+    for i in 0..24 {
+        let mut body = node_body(&format!("gw-{i:02}"));
+        body["weight"] = json!(10 + (i * 7) % 90);
+        body["region"] = json!(["eu", "us"][i % 2]);
+        let (status, _) = apps[i % 3]
+            .admin_json(Method::POST, "/admin/nodes", Some(body))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (status, _) = apps[1]
+        .admin_json(
+            Method::PUT,
+            "/admin/strategies/w",
+            Some(json!({"kind": "weighted"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = apps[2]
+        .admin_json(
+            Method::PUT,
+            "/admin/routing",
+            Some(json!({"active_strategy": "w"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let users = uids(5000);
+    let mut answers = Vec::new();
+    for app in &apps {
+        let resp = app
+            .client
+            .post(app.url("/route/batch?intranet=0"))
+            .json(&users)
+            .send()
+            .await
+            .unwrap();
+        let rev = resp.headers()["x-routing-revision"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        answers.push((rev, resp.text().await.unwrap()));
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]));
+    let groups: Vec<Value> = serde_json::from_str(&answers[0].1).unwrap();
+    assert!(groups.len() > 20, "users spread over the nodes");
+}
+
+#[tokio::test]
+async fn a_heartbeat_on_one_replica_counts_on_all_and_expiry_is_judged_alike() {
+    let Some(db) = TestDb::create("shared_health").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 3, |_, c| c.health.heartbeat_ttl_secs = 1).await;
+    for id in ["a", "b", "c"] {
+        apps[0].add_node(id, json!({})).await;
+    }
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let users = uids(3000);
+    let before = apps[0].assignments(&users).await;
+
+    let (status, _) = apps[1]
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/a/heartbeat",
+            Some(json!({"connections": 7})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    // Seen everywhere, with its load.
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                let (_, n) = app.admin_json(Method::GET, "/admin/nodes/a", None).await;
+                n["health"]["status"] == "healthy" && n["health"]["connections"] == 7
+            })
+            .await,
+            "the heartbeat is seen on every replica"
+        );
+    }
+    // Silence: the TTL (1 s) expires a on every replica alike.
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                let (_, n) = app.admin_json(Method::GET, "/admin/nodes/a", None).await;
+                n["health"]["status"] == "unhealthy"
+            })
+            .await
+        );
+    }
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let mut after = Vec::new();
+    for app in &apps {
+        after.push(app.assignments(&users).await);
+    }
+    assert!(after.iter().all(|a| a == &after[0]), "all replicas agree");
+    let moved: Vec<&String> = users
+        .iter()
+        .filter(|u| before[*u] != after[0][*u])
+        .collect();
+    assert!(!moved.is_empty());
+    assert!(
+        moved.iter().all(|u| before[*u] == "a"),
+        "only a's users move"
+    );
+    assert!(after[0].values().all(|n| n != "a"));
+    // The next heartbeat, on another replica, brings it back everywhere.
+    let (status, _) = apps[2]
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/a/heartbeat",
+            Some(json!({"connections": 1})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                app.assignments(&users).await == before
+            })
+            .await
+        );
+    }
+}
+
+#[tokio::test]
+async fn if_match_holds_across_replicas_and_no_update_is_lost() {
+    let Some(db) = TestDb::create("if_match_across").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 3, |_, _| {}).await;
+    apps[0].add_node("gw-1", json!({})).await;
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let mut first = node_body("gw-1");
+    first["weight"] = json!(5);
+    let put = |app: &TestApp, body: Value| {
+        app.client
+            .put(app.url("/admin/nodes/gw-1"))
+            .bearer_auth(TOKEN)
+            .header("If-Match", "\"1\"")
+            .json(&body)
+            .send()
+    };
+    let resp = put(&apps[1], first).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut second = node_body("gw-1");
+    second["weight"] = json!(9);
+    let resp = put(&apps[2], second).await.unwrap();
+    assert_eq!(resp.status(), 412, "the second stale writer loses");
+    // A PATCH without If-Match on a replica that may not have seen the
+    // first write yet applies to the stored node, not to its cache.
+    let (status, node) = apps[2]
+        .admin_json(
+            Method::PATCH,
+            "/admin/nodes/gw-1",
+            Some(json!({"region": "eu"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(
+        (node["version"].as_i64(), node["weight"].as_i64()),
+        (Some(3), Some(5))
+    );
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    for app in &apps {
+        let (_, n) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+        assert_eq!(
+            (n["version"].as_i64(), n["weight"].as_i64()),
+            (Some(3), Some(5))
+        );
+        assert_eq!(n["region"], "eu");
+    }
+}
+
+#[tokio::test]
+async fn terminating_every_database_connection_loses_nothing() {
+    let Some(db) = TestDb::create("terminate_backends").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 3, |_, _| {}).await;
+    apps[0].add_node("before", json!({})).await;
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let killed = db.terminate_all().await;
+    assert!(killed >= 3, "listeners and pools were connected ({killed})");
+    // Writes recover on every replica (a write in the gap may answer 503).
+    for (i, app) in apps.iter().enumerate() {
+        let id = format!("after-{i}");
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let (status, _) = app
+                    .admin_json(Method::POST, "/admin/nodes", Some(node_body(&id)))
+                    .await;
+                status == 201 || status == 409
+            })
+            .await,
+            "writes work again on r{i}"
+        );
+    }
+    assert!(converge(&apps, None, Duration::from_secs(5)).await);
+    for app in &apps {
+        let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+        let ids: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["after-0", "after-1", "after-2", "before"]);
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_changes_no_answer_and_writes_fail_fast_then_everything_converges() {
+    let Some(db) = TestDb::create("store_outage").await else {
+        return;
+    };
+    let upstream: std::net::SocketAddr = {
+        let server = crate::pg::server_url();
+        let host = url_host_port(&server);
+        tokio::net::lookup_host(host).await.unwrap().next().unwrap()
+    };
+    let proxy = Proxy::start(upstream).await;
+    let via_proxy = with_database(
+        &crate::pg::server_url().replace(
+            &url_host_port(&crate::pg::server_url()),
+            &proxy.addr.to_string(),
+        ),
+        &db.name,
+    );
+    let apps = replicas(&via_proxy, 2, |_, c| c.health.heartbeat_ttl_secs = 2).await;
+    for id in ["a", "b", "c"] {
+        apps[0].add_node(id, json!({})).await;
+    }
+    for id in ["a", "b", "c"] {
+        let (s, _) = apps[1]
+            .admin_json(
+                Method::PUT,
+                &format!("/admin/nodes/{id}/heartbeat"),
+                Some(json!({"connections": 1})),
+            )
+            .await;
+        assert_eq!(s, 204);
+    }
+    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    let users = uids(2000);
+    let before = apps[0].assignments(&users).await;
+    let rev = revision(&apps[0]).await;
+
+    proxy.cut();
+    // Writes and heartbeats answer 503 store_unavailable within 5 s.
+    let t = Instant::now();
+    let resp = apps[0]
+        .admin(Method::POST, "/admin/nodes", Some(node_body("during")))
+        .await;
+    let took = t.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "store_unavailable");
+    assert!(took < Duration::from_secs(5), "answered in {took:?}");
+    println!("first write during the outage answered 503 in {took:?}");
+    let t = Instant::now();
+    let (s, body) = apps[1]
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/a/heartbeat",
+            Some(json!({"connections": 1})),
+        )
+        .await;
+    assert_eq!((s, body["code"].as_str()), (503, Some("store_unavailable")));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // For longer than the TTL, every answer stays what it was.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(4) {
+        for app in &apps {
+            assert_eq!(app.assignments(&users).await, before);
+            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            assert_eq!(ready.status(), 200);
+        }
+        // Admin reads answer from memory.
+        let (s, _) = apps[1].admin_json(Method::GET, "/admin/nodes", None).await;
+        assert_eq!(s, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(apps[0].metrics().await.contains("imroute_store_up 0"));
+    let (_, c) = apps[0]
+        .admin_json(Method::GET, "/admin/cluster", None)
+        .await;
+    assert_eq!(c["store"]["up"], false);
+
+    proxy.restore();
+    // Keep the nodes alive as they would be.
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let (s, _) = app
+                    .admin_json(Method::POST, "/admin/nodes", Some(node_body("after")))
+                    .await;
+                s == 201 || s == 409
+            })
+            .await
+        );
+    }
+    for id in ["a", "b", "c"] {
+        let (s, _) = apps[0]
+            .admin_json(
+                Method::PUT,
+                &format!("/admin/nodes/{id}/heartbeat"),
+                Some(json!({"connections": 2})),
+            )
+            .await;
+        assert_eq!(s, 204);
+    }
+    assert!(converge(&apps, None, Duration::from_secs(5)).await);
+    assert_ne!(revision(&apps[0]).await, rev, "the new node is live");
+    for app in &apps {
+        let m = app.metrics().await;
+        assert!(
+            !m.contains("imroute_health_transitions_total{to=\"unhealthy\"}"),
+            "no node turned unhealthy because of the outage:\n{m}"
+        );
+        assert!(m.contains("imroute_store_up 1"));
+    }
+}
+
+fn url_host_port(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    }
+}
+
+#[tokio::test]
+async fn a_killed_replica_is_dropped_its_probes_move_and_it_catches_up_on_restart() {
+    let Some(db) = TestDb::create("sigkill").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = |id: &str| {
+        vec![
+            ("IMROUTE_DATABASE_URL", db.url.clone()),
+            ("IMROUTE_REPLICA_ID", id.to_owned()),
+        ]
+    };
+    // The child starts first, so it takes the leader lock.
+    let mut child = Process::start(dir.path(), &env("child"));
+    let client = reqwest::Client::new();
+    let metric = |addr: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{addr}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(child.addr.clone())
+                .await
+                .contains("imroute_leader 1")
+        })
+        .await
+    );
+    let apps = replicas(&db.url, 2, |_, c| {
+        c.health.probe.enabled = true;
+        c.health.probe.interval_ms = 300;
+    })
+    .await;
+    apps[0].add_node("gw-1", json!({})).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, c) = apps[0]
+                .admin_json(Method::GET, "/admin/cluster", None)
+                .await;
+            c["replicas"].as_array().unwrap().len() == 3 && c["converged"] == true
+        })
+        .await
+    );
+
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    let killed = Instant::now();
+    // Another replica takes the lock within two probe intervals (after the
+    // server has seen the connection go).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m0 = apps[0].metrics().await;
+            let m1 = apps[1].metrics().await;
+            m0.contains("imroute_leader 1") || m1.contains("imroute_leader 1")
+        })
+        .await
+    );
+    println!(
+        "leader lock taken over {:?} after the kill",
+        killed.elapsed()
+    );
+    // The others keep serving and drop it from the registry.
+    let resp = apps[1].batch(&["u1", "u2"]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            let (_, c) = apps[0]
+                .admin_json(Method::GET, "/admin/cluster", None)
+                .await;
+            let ids: Vec<&str> = c["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap())
+                .collect();
+            ids == ["r0", "r1"]
+        })
+        .await
+    );
+    // Changes made while it was gone reach it when it comes back.
+    apps[1].add_node("gw-2", json!({})).await;
+    let child = Process::start(dir.path(), &env("child"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let want = revision(&apps[0]).await;
+            let r: Value = client
+                .get(format!("{}/admin/routing", child.addr))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["revision"] == want.as_str()
+        })
+        .await
+    );
+    drop(child);
+}
