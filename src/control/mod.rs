@@ -382,11 +382,22 @@ impl Controller {
         metrics: Arc<Metrics>,
         me: Identity,
     ) -> Result<Arc<Controller>, StoreError> {
-        let stored = store.load().await?;
+        // A store that does not answer yet is not fatal: the replica serves
+        // (not ready, no routable node) and the change feed loads
+        // everything once the store answers.
+        let stored = match store.load().await {
+            Ok(stored) => Some(stored),
+            Err(error) if error.is_unavailable() => {
+                tracing::error!(error = %error, "The store is unreachable at start; not ready until it answers");
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        let loaded = stored.is_some();
         let ttl = Duration::from_secs(config.health.heartbeat_ttl_secs);
         let ctl = Arc::new(Controller {
             snapshot: ArcSwap::from_pointee(empty_snapshot()),
-            inputs: Mutex::new(Inputs::from_stored(stored)),
+            inputs: Mutex::new(Inputs::from_stored(stored.unwrap_or_default())),
             series: Mutex::new(Series::default()),
             write: tokio::sync::Mutex::new(()),
             overrides_status: ArcSwap::from_pointee(OverridesStatus {
@@ -404,19 +415,30 @@ impl Controller {
             poll_interval: Duration::from_millis(config.cluster.poll_interval_ms),
             me,
             ready: AtomicBool::new(false),
-            store_up: AtomicBool::new(true),
+            store_up: AtomicBool::new(loaded),
             feed: tokio::sync::Notify::new(),
             replicas: ArcSwap::from_pointee(Vec::new()),
             stop: tokio::sync::watch::channel(false).0,
             store,
         });
-        ctl.metrics.store_up.set(1);
-        let health = ctl.store.health_since(0).await?;
-        ctl.health.apply(health.records, true);
-        ctl.start_overrides().await;
-        ctl.rebuild();
-        ctl.ready.store(true, Ordering::Release);
+        ctl.metrics.store_up.set(i64::from(loaded));
+        if loaded {
+            ctl.become_ready().await?;
+        } else {
+            ctl.rebuild();
+        }
         Ok(ctl)
+    }
+
+    /// After the first full load: health, overrides (validated against what
+    /// was loaded), the first table.
+    async fn become_ready(self: &Arc<Self>) -> Result<(), StoreError> {
+        let health = self.store.health_since(0).await?;
+        self.health.apply(health.records, true);
+        self.start_overrides().await;
+        self.rebuild_async().await;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -754,7 +776,12 @@ impl Controller {
     pub async fn resync(self: &Arc<Self>) -> Result<(), StoreError> {
         let stored = self.store_call(self.store.load()).await?;
         self.lock_inputs().install(stored);
-        self.rebuild_async().await;
+        if self.is_ready() {
+            self.rebuild_async().await;
+        } else {
+            self.store_call(self.become_ready()).await?;
+            tracing::info!("The store answers; ready");
+        }
         Ok(())
     }
 

@@ -45,6 +45,8 @@ const LEADER_LOCK: (i32, i32) = (0x696d_726f, 1);
 pub const CHANGES_CHANNEL: &str = "imroute_changes";
 pub const HEALTH_CHANNEL: &str = "imroute_health";
 
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
 const XID: &str = "pg_current_xact_id()::text::bigint";
 
 struct Leader {
@@ -59,6 +61,7 @@ pub struct PostgresStore {
     pool: PgPool,
     options: PgConnectOptions,
     leader: tokio::sync::Mutex<Option<Leader>>,
+    migrated: tokio::sync::OnceCell<()>,
 }
 
 /// Bound on connecting, acquiring a pooled connection and each statement.
@@ -80,30 +83,56 @@ impl PostgresStore {
                 ("tcp_keepalives_interval", "2"),
                 ("tcp_keepalives_count", "3"),
             ]);
+        // Connections are made on demand: a replica that starts while the
+        // database is unreachable serves (not ready) and catches up later.
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(0)
             .acquire_timeout(CONNECT_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
-            .connect_with(options.clone())
-            .await?;
-        // Migrations may wait on another replica's migration: no statement
-        // timeout for them.
-        let mut conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            PgConnection::connect_with(&options.clone().options([("statement_timeout", "0")])),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))??;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&mut conn)
-            .await?;
-        let _ = conn.close().await;
-        Ok(Self {
+            .connect_lazy_with(options.clone());
+        let store = Self {
             pool,
             options,
             leader: tokio::sync::Mutex::new(None),
-        })
+            migrated: tokio::sync::OnceCell::new(),
+        };
+        match store.migrated().await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => {
+                tracing::error!(error = %e, "PostgreSQL is unreachable; will migrate once it answers");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    /// Runs the migrations once. Several replicas starting at once on an
+    /// empty database are serialised by the migrator's advisory lock.
+    async fn migrated(&self) -> Result<(), StoreError> {
+        self.migrated
+            .get_or_try_init(|| async {
+                // Migrations may wait on another replica's: no statement or
+                // lock timeout for them, only an overall one.
+                let options = self
+                    .options
+                    .clone()
+                    .options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+                let mut conn =
+                    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                        .await
+                        .map_err(|_| {
+                            StoreError::Unavailable("connecting to PostgreSQL timed out".into())
+                        })??;
+                let run = MIGRATOR.run_direct(&mut conn);
+                tokio::time::timeout(Duration::from_secs(30), run)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("migrations timed out".into()))??;
+                let _ = conn.close().await;
+                Ok(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Connects without migrating (for `check-config`).
@@ -118,6 +147,7 @@ impl PostgresStore {
             pool,
             options,
             leader: tokio::sync::Mutex::new(None),
+            migrated: tokio::sync::OnceCell::new_with(Some(())),
         })
     }
 
@@ -390,6 +420,7 @@ impl Store for PostgresStore {
     }
 
     async fn load(&self) -> Result<Stored, StoreError> {
+        self.migrated().await?;
         let mut tx = self.begin_read().await?;
         let stored = load_all(&mut tx).await?;
         tx.commit().await?;
@@ -397,6 +428,7 @@ impl Store for PostgresStore {
     }
 
     async fn head(&self) -> Result<i64, StoreError> {
+        self.migrated().await?;
         Ok(
             sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
                 .fetch_one(&self.pool)

@@ -561,3 +561,54 @@ async fn a_killed_replica_is_dropped_its_probes_move_and_it_catches_up_on_restar
     );
     drop(child);
 }
+
+#[tokio::test]
+async fn a_replica_started_before_its_database_is_not_ready_until_it_answers() {
+    let Some(db) = TestDb::create("start_before_db").await else {
+        return;
+    };
+    let server = crate::pg::server_url();
+    let upstream = tokio::net::lookup_host(url_host_port(&server))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream).await;
+    proxy.cut();
+    let via_proxy = with_database(
+        &server.replace(&url_host_port(&server), &proxy.addr.to_string()),
+        &db.name,
+    );
+    let app = spawn_app_with(|c| c.database_url = via_proxy).await;
+    let get = |path: &'static str| app.client.get(app.url(path)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    let resp = app.batch(&["u1"]).await;
+    assert_eq!(resp.status(), 503);
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/nodes", Some(node_body("gw-1")))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get("/readyz").await.unwrap().status() == 200
+        })
+        .await,
+        "ready once the database answers"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (s, _) = app
+                .admin_json(Method::POST, "/admin/nodes", Some(node_body("gw-1")))
+                .await;
+            s == 201
+        })
+        .await
+    );
+    assert_eq!(app.batch(&["u1"]).await.status(), 200);
+}
