@@ -34,7 +34,7 @@ pub struct Application {
     acceptor: TcpAcceptor,
     addr: SocketAddr,
     state: Arc<AppState>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: watcher::WatcherHandle,
 }
 
 impl Application {
