@@ -33,7 +33,7 @@ pub struct Application {
     acceptor: TcpAcceptor,
     addr: SocketAddr,
     state: Arc<AppState>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: watcher::WatcherHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -1,72 +1,344 @@
 //! Watches the overrides file's folder (not the file: editors that save by
-//! rename, `mv` over the file, and files created after start all show up as
-//! events on the folder), waits for writes to settle, then reloads through the
-//! control plane. Initial load and reload share that one path.
+//! rename, `mv` over the file, files created after start and Kubernetes
+//! ConfigMap mounts, which swap a `..data` symlink and never touch the file's
+//! own name, all show up as events on the folder), waits for writes to
+//! settle, then reloads through the control plane when the content differs
+//! from what was last loaded or tried. Initial load and reload share that one
+//! path.
+//!
+//! Events are only hints. Every burst, and a timer every [`RECHECK`], reads
+//! the file and compares its hash, and re-arms the watch when the folder was
+//! removed or replaced: an inotify watch dies with its folder, and some
+//! changes (a write through a hard link elsewhere, a bind mount updated from
+//! outside) raise no event in the folder at all.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use notify::{
+    event::{AccessKind, AccessMode},
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+use xxhash_rust::xxh3::xxh3_64;
 
-use crate::{control::Controller, store::Actor};
+use crate::{
+    control::{Controller, OverridesStatus},
+    store::Actor,
+};
 
 /// How long the folder must be quiet before a reload: editors write in bursts.
 pub const SETTLE: Duration = Duration::from_millis(200);
 /// The longest a reload waits after the first change of a burst, so a file
 /// that keeps changing is still picked up well within a second.
 pub const MAX_DELAY: Duration = Duration::from_millis(700);
+/// How often the file is re-read and the watch re-checked whatever the events
+/// say, so a change no event reported is picked up within two periods.
+pub const RECHECK: Duration = Duration::from_secs(5);
+/// The pause before a watcher task that panicked or ended is started again,
+/// so a task that fails at once does not spin.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// Starts the watcher; it lives as long as the returned handle.
-pub fn spawn(ctl: Arc<Controller>) -> Result<notify::RecommendedWatcher, notify::Error> {
+/// Keeps the watcher running; dropping it stops the watcher.
+pub struct WatcherHandle {
+    _task: AbortOnDrop,
+}
+
+/// Starts the watcher; it lives as long as the returned handle. Fails when the
+/// folder cannot be watched at start; later failures are logged and retried.
+pub fn spawn(ctl: Arc<Controller>) -> Result<WatcherHandle, notify::Error> {
     let path = ctl.overrides_status().path.clone();
-    let file_name = path.file_name().map(|n| n.to_owned());
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => Path::new(".").to_owned(),
-    };
-    if let Err(error) = std::fs::create_dir_all(&dir) {
+    let dir = folder_of(&path);
+    if let Err(error) = std::fs::create_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %error, "Cannot create the overrides folder");
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                let ours = event.need_rescan()
-                    || event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name() == file_name.as_deref());
-                if ours {
-                    let _ = tx.send(());
-                }
+    let mut first = Watch::new(ctl.clone());
+    first.arm()?;
+    tracing::info!(path = %path.display(), "Watching the overrides file");
+    let mut first = Some(first);
+    let task = supervise("overrides watcher", RESTART_DELAY, move || {
+        first
+            .take()
+            .unwrap_or_else(|| Watch::new(ctl.clone()))
+            .run()
+    });
+    Ok(WatcherHandle {
+        _task: AbortOnDrop(task),
+    })
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// What the file holds, as far as deciding to reload goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fingerprint {
+    Absent,
+    /// xxh3 of the bytes, as `reload_overrides` computes the revision.
+    Content(u64),
+    /// The read failed; the same failure again is not a change.
+    Unreadable(std::io::ErrorKind),
+}
+
+impl Fingerprint {
+    /// Reads the file (through symlinks) and hashes it.
+    async fn of(path: &Path) -> Fingerprint {
+        match tokio::fs::read(path).await {
+            Ok(bytes) => Fingerprint::Content(xxh3_64(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Fingerprint::Absent,
+            Err(e) => Fingerprint::Unreadable(e.kind()),
+        }
+    }
+
+    /// The revision `reload_overrides` reports after loading this content.
+    fn revision(self) -> Option<String> {
+        match self {
+            Fingerprint::Absent => Some(String::new()),
+            Fingerprint::Content(hash) => Some(format!("{hash:016x}")),
+            Fingerprint::Unreadable(_) => None,
+        }
+    }
+}
+
+/// The content the watcher last loaded or tried to load, good or bad, so the
+/// same content is neither reloaded, logged nor counted twice.
+#[derive(Debug, Default)]
+struct LastSeen(Option<Fingerprint>);
+
+impl LastSeen {
+    /// Whether `now` needs a reload; remembers it either way.
+    fn needs_reload(&mut self, now: Fingerprint, status: &OverridesStatus) -> bool {
+        if self.0.replace(now) == Some(now) {
+            return false;
+        }
+        // Already in effect: loaded at start, or by the admin API or SIGHUP.
+        !(status.error.is_none() && now.revision().as_deref() == Some(status.revision.as_str()))
+    }
+}
+
+/// What the notify watcher is set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The overrides folder. A folder removed and created again at the same
+    /// path is another inode, which an inotify watch does not follow.
+    Folder(FileId),
+    /// The folder's parent while the folder is missing, to see it come back.
+    Parent(FileId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+/// The identity of what `path` names now (following symlinks), if it exists.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileId(meta.dev(), meta.ino()))
+}
+
+/// Elsewhere only presence is tracked: a folder recreated between two checks
+/// keeps its dead watch, and the timer alone sees changes in it.
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|_| FileId(0, 0))
+}
+
+/// One run of the watcher: its watch, its event channel and what it last saw.
+/// A restart after a panic starts from a fresh one.
+struct Watch {
+    ctl: Arc<Controller>,
+    path: PathBuf,
+    tx: mpsc::UnboundedSender<()>,
+    rx: mpsc::UnboundedReceiver<()>,
+    armed: Option<(Target, RecommendedWatcher)>,
+    last: LastSeen,
+}
+
+impl Watch {
+    fn new(ctl: Arc<Controller>) -> Watch {
+        let path = ctl.overrides_status().path.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        Watch {
+            ctl,
+            path,
+            tx,
+            rx,
+            armed: None,
+            last: LastSeen::default(),
+        }
+    }
+
+    /// Sets the watch on the folder as it is now: again when it was replaced,
+    /// on its parent while it is missing, and nowhere (the timer alone) when
+    /// the parent is missing too. Does nothing when already set right.
+    fn arm(&mut self) -> Result<(), notify::Error> {
+        let dir = folder_of(&self.path);
+        let wanted = match file_id(dir) {
+            Some(id) => Some((Target::Folder(id), dir)),
+            None => {
+                let parent = folder_of(dir);
+                file_id(parent).map(|id| (Target::Parent(id), parent))
             }
-            Err(error) => tracing::warn!(error = %error, "Overrides watcher error"),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Settle: keep draining until the folder is quiet for SETTLE, but
-            // no longer than MAX_DELAY after the first event.
-            let deadline = tokio::time::Instant::now() + MAX_DELAY;
-            loop {
-                let wait =
-                    SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                    Ok(Some(())) => break,
-                    Ok(None) => return,
-                    Err(_) => break,
+        };
+        let current = self.armed.as_ref().map(|(target, _)| *target);
+        if current == wanted.map(|(target, _)| target) {
+            return Ok(());
+        }
+        // The old watch, if any, is dead or watching the wrong thing.
+        self.armed = None;
+        let Some((target, at)) = wanted else {
+            tracing::warn!(dir = %dir.display(), "The overrides folder and its parent are missing; checking every few seconds");
+            return Ok(());
+        };
+        let tx = self.tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                match event {
+                    // Opening and reading (ours included) change nothing.
+                    Ok(event)
+                        if matches!(event.kind, EventKind::Access(kind)
+                            if kind != AccessKind::Close(AccessMode::Write)) => {}
+                    Ok(_) => {
+                        let _ = tx.send(());
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "Overrides watcher error");
+                        let _ = tx.send(());
+                    }
                 }
+            })?;
+        watcher.watch(at, RecursiveMode::NonRecursive)?;
+        match (current, target) {
+            (None, Target::Folder(_)) => {}
+            (Some(_), Target::Folder(_)) => {
+                tracing::info!(dir = %dir.display(), "Watching the overrides folder again");
             }
-            let _ = ctl
+            (_, Target::Parent(_)) => {
+                tracing::warn!(dir = %dir.display(), "The overrides folder is missing; waiting for it to come back");
+            }
+        }
+        self.armed = Some((target, watcher));
+        Ok(())
+    }
+
+    /// [`Watch::arm`], logging a failure: the next event or tick retries.
+    fn rearm(&mut self) {
+        if let Err(error) = self.arm() {
+            tracing::error!(error = %error, "Cannot watch the overrides folder; checking every few seconds");
+        }
+    }
+
+    async fn run(mut self) {
+        self.rearm();
+        // The watch is set before this read, so any later change is seen. A
+        // failed load at start left no record of what it read: take the
+        // content now as that attempt rather than log and count it again.
+        if self.ctl.overrides_status().error.is_some() {
+            self.last = LastSeen(Some(Fingerprint::of(&self.path).await));
+        }
+        // The first tick is at once: a change between the load at start (or
+        // a crash of the previous run) and the watch being set is seen now.
+        let mut timer = tokio::time::interval(RECHECK);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    self.settle().await;
+                }
+                _ = timer.tick() => {}
+            }
+            self.rearm();
+            self.reload_if_changed().await;
+        }
+    }
+
+    /// Keeps draining events until the folder is quiet for SETTLE, but no
+    /// longer than MAX_DELAY after the first one.
+    async fn settle(&mut self) {
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            let wait = SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// A read and a hash; a reload only when the content is new. The reload
+    /// reads the file again itself (and parses it on a blocking thread): a
+    /// change in between is seen next time.
+    async fn reload_if_changed(&mut self) {
+        let now = Fingerprint::of(&self.path).await;
+        if self.last.needs_reload(now, &self.ctl.overrides_status()) {
+            let _ = self
+                .ctl
                 .reload_overrides(&Actor {
                     request_id: "watcher".into(),
                 })
                 .await;
         }
-    });
-    tracing::info!(path = %path.display(), "Watching the overrides file");
-    Ok(watcher)
+    }
+}
+
+/// Aborts the task when dropped, so stopping a supervisor stops its child.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the task `make` returns and, with an error log, starts a new one
+/// after `delay` whenever it panics or ends: a background task must not stop
+/// silently.
+fn supervise<F, Fut>(name: &'static str, delay: Duration, mut make: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let mut task = AbortOnDrop(tokio::spawn(make()));
+            match (&mut task.0).await {
+                Ok(()) => tracing::error!(task = name, "Background task ended; restarting it"),
+                Err(error) if error.is_panic() => {
+                    let panic = error.into_panic();
+                    tracing::error!(
+                        task = name,
+                        error = panic_message(panic.as_ref()),
+                        "Background task panicked; restarting it"
+                    );
+                }
+                // Cancelled: only when the runtime shuts down.
+                Err(_) => return,
+            }
+            tokio::time::sleep(delay).await;
+        }
+    })
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
 }
 
 /// Reloads on SIGHUP.
@@ -91,3 +363,94 @@ pub fn spawn_sighup(ctl: Arc<Controller>) {
 
 #[cfg(not(unix))]
 pub fn spawn_sighup(_ctl: Arc<Controller>) {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::overrides::Overrides;
+
+    fn status(revision: &str, error: Option<&str>) -> OverridesStatus {
+        OverridesStatus {
+            path: "overrides.yaml".into(),
+            revision: revision.into(),
+            loaded_at: None,
+            error: error.map(Into::into),
+            effective: Arc::new(Overrides::default()),
+        }
+    }
+
+    #[test]
+    fn the_same_content_is_tried_once_good_or_bad() {
+        let mut last = LastSeen::default();
+        let ok = status("", None);
+        let bad = Fingerprint::Content(7);
+        assert!(last.needs_reload(bad, &ok));
+        let failed = status("", Some("pins.vip: unknown node"));
+        assert!(!last.needs_reload(bad, &failed), "no retry every tick");
+        assert!(last.needs_reload(Fingerprint::Absent, &failed));
+        let unreadable = Fingerprint::Unreadable(std::io::ErrorKind::PermissionDenied);
+        assert!(last.needs_reload(unreadable, &ok));
+        assert!(!last.needs_reload(unreadable, &ok));
+    }
+
+    #[test]
+    fn content_already_in_effect_is_not_reloaded() {
+        let hash = xxh3_64(b"pins: {vip: gw-1}\n");
+        let in_effect = status(&format!("{hash:016x}"), None);
+        assert!(!LastSeen::default().needs_reload(Fingerprint::Content(hash), &in_effect));
+        assert!(!LastSeen::default().needs_reload(Fingerprint::Absent, &status("", None)));
+        // In effect but the last attempt failed: loading it again clears the error.
+        let after_error = status(&format!("{hash:016x}"), Some("bad"));
+        assert!(LastSeen::default().needs_reload(Fingerprint::Content(hash), &after_error));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_ends_is_restarted_and_stops_with_its_supervisor() {
+        struct SetOnDrop(Arc<AtomicUsize>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(1, Ordering::SeqCst);
+            }
+        }
+        let runs = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let supervisor = {
+            let (runs, dropped) = (runs.clone(), dropped.clone());
+            supervise("test", Duration::from_millis(1), move || {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                let guard = SetOnDrop(dropped.clone());
+                async move {
+                    match run {
+                        0 => panic!("first run fails"),
+                        1 => {}
+                        _ => {
+                            let _guard = guard;
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The guards of the first two runs dropped when they ended; reset and
+        // check the third, still running, stops with the supervisor.
+        dropped.store(0, Ordering::SeqCst);
+        supervisor.abort();
+        let _ = supervisor.await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while dropped.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the child outlived its supervisor"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+}

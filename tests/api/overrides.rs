@@ -28,7 +28,11 @@ fn save_by_rename(path: &std::path::Path, text: &str) {
 /// Waits until the overrides state differs from `old` (revision, status or
 /// error), polling with a deadline.
 async fn wait_for_reload(app: &TestApp, old: &Value) -> Value {
-    let end = std::time::Instant::now() + DEADLINE;
+    wait_for_reload_within(app, old, DEADLINE).await
+}
+
+async fn wait_for_reload_within(app: &TestApp, old: &Value, deadline: Duration) -> Value {
+    let end = std::time::Instant::now() + deadline;
     loop {
         let now = overrides(app).await;
         if now["revision"] != old["revision"]
@@ -39,7 +43,7 @@ async fn wait_for_reload(app: &TestApp, old: &Value) -> Value {
         }
         assert!(
             std::time::Instant::now() < end,
-            "the watcher did not pick up the change: {now}"
+            "the watcher did not pick up the change within {deadline:?}: {now}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -433,4 +437,152 @@ async fn a_file_that_keeps_changing_is_still_reloaded() {
     })
     .await;
     assert!(last, "the final content is applied");
+}
+
+/// Publishes `text` the way kubelet updates a ConfigMap volume: the data goes
+/// into a new timestamped folder, a `..data_tmp` symlink to it is renamed over
+/// `..data` (atomic), then the previous folder is removed. `overrides.yaml`
+/// is a symlink to `..data/overrides.yaml`, created with the first version and
+/// never touched again.
+#[cfg(unix)]
+fn configmap_publish(folder: &std::path::Path, stamp: &str, text: &str) {
+    use std::os::unix::fs::symlink;
+    let data = format!("..2026_11_26_10_00_00.{stamp}");
+    std::fs::create_dir(folder.join(&data)).unwrap();
+    std::fs::write(folder.join(&data).join("overrides.yaml"), text).unwrap();
+    let previous = std::fs::read_link(folder.join("..data")).ok();
+    symlink(&data, folder.join("..data_tmp")).unwrap();
+    std::fs::rename(folder.join("..data_tmp"), folder.join("..data")).unwrap();
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(folder.join(previous)).unwrap();
+    }
+    let file = folder.join("overrides.yaml");
+    if std::fs::symlink_metadata(&file).is_err() {
+        symlink("..data/overrides.yaml", file).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_update_that_swaps_the_data_symlink_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir);
+    let folder = config.overrides_path.parent().unwrap().to_owned();
+    std::fs::create_dir_all(&folder).unwrap();
+    // Mounted before the server starts, as in a pod.
+    configmap_publish(&folder, "000000001", "user_regions:\n  alice: eu\n");
+    let app = start(dir, config).await;
+    let mut state = overrides(&app).await;
+    assert_eq!(state["effective"]["user_regions"]["alice"], "eu", "{state}");
+    for (stamp, region) in [("000000002", "us"), ("000000003", "ap")] {
+        configmap_publish(
+            &folder,
+            stamp,
+            &format!("user_regions:\n  alice: {region}\n"),
+        );
+        state = wait_for_reload_within(&app, &state, Duration::from_secs(2)).await;
+        assert_eq!(state["status"], "ok", "{state}");
+        assert_eq!(state["effective"]["user_regions"]["alice"], region);
+    }
+}
+
+#[tokio::test]
+async fn a_folder_removed_and_created_again_is_watched_again() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let folder = path.parent().unwrap();
+    let mut state = overrides(&app).await;
+    std::fs::write(&path, "pins:\n  vip: gw-1\n").unwrap();
+    state = wait_for_reload(&app, &state).await;
+    // Two rounds back to back with a 2 s deadline: a watcher that found the
+    // new folder only on its 5 s timer would miss at least one of them.
+    for round in 0..2 {
+        std::fs::remove_dir_all(folder).unwrap();
+        state = wait_for_reload(&app, &state).await;
+        assert_eq!(state["revision"], "", "no folder, no file, no overrides");
+        std::fs::create_dir(folder).unwrap();
+        std::fs::write(&path, format!("pins:\n  vip: gw-2\n# round {round}\n")).unwrap();
+        state = wait_for_reload_within(&app, &state, Duration::from_secs(2)).await;
+        assert_eq!(state["effective"]["pins"]["vip"], "gw-2", "{state}");
+        // The new folder's own events are seen.
+        std::fs::write(&path, format!("pins:\n  vip: gw-1\n# round {round}\n")).unwrap();
+        state = wait_for_reload_within(&app, &state, Duration::from_secs(2)).await;
+        assert_eq!(state["effective"]["pins"]["vip"], "gw-1", "{state}");
+    }
+}
+
+/// A write through a hard link in another folder changes the file in place
+/// but raises no event in the watched folder: inotify reports a change to the
+/// folder of the path it was made through. Only the periodic check sees it.
+#[tokio::test]
+async fn a_change_no_event_reports_is_picked_up_by_the_periodic_check() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let elsewhere = app.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let alias = elsewhere.join("overrides.yaml");
+    std::fs::write(&alias, "pins:\n  vip: gw-1\n").unwrap();
+    let s0 = overrides(&app).await;
+    // Linking it into the folder is an event like any new file.
+    std::fs::hard_link(&alias, &path).unwrap();
+    let s1 = wait_for_reload(&app, &s0).await;
+    assert_eq!(s1["effective"]["pins"]["vip"], "gw-1", "{s1}");
+    std::fs::write(&alias, "pins:\n  vip: gw-2\n").unwrap();
+    // Two check periods.
+    let s2 = wait_for_reload_within(&app, &s1, Duration::from_secs(10)).await;
+    assert_eq!(s2["effective"]["pins"]["vip"], "gw-2", "{s2}");
+    assert_eq!(node_of(&app, "vip").await, "gw-2");
+}
+
+/// Reloads counted by the metric (good and bad) and audited reloads.
+async fn reload_counts(app: &TestApp) -> (f64, usize) {
+    let metric = app
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("imroute_overrides_reloads_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let (_, audit) = app
+        .admin_json(Method::GET, "/admin/audit?limit=1000", None)
+        .await;
+    let audited = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["action"] == "overrides.reload")
+        .count();
+    (metric, audited)
+}
+
+#[tokio::test]
+async fn unrelated_files_in_the_folder_cause_no_reload() {
+    let app = two_nodes().await;
+    let path = app.overrides_path();
+    let folder = path.parent().unwrap();
+    let s0 = overrides(&app).await;
+    std::fs::write(&path, "pins:\n  vip: gw-1\n").unwrap();
+    wait_for_reload(&app, &s0).await;
+    // The audit row is written just after the new state is visible.
+    let audited = eventually(DEADLINE, || async { reload_counts(&app).await.1 == 1 }).await;
+    assert!(audited, "{:?}", reload_counts(&app).await);
+    let before = reload_counts(&app).await;
+    // A busy folder for a second: other files written, renamed, removed.
+    for i in 0..20 {
+        let other = folder.join(format!("other-{}.yaml", i % 3));
+        std::fs::write(&other, format!("n: {i}\n")).unwrap();
+        std::fs::rename(&other, folder.join("other.yaml")).unwrap();
+        std::fs::create_dir(folder.join("sub")).unwrap();
+        std::fs::remove_dir(folder.join("sub")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(folder.join("other.yaml")).unwrap();
+    // Proving an absence: keep checking for longer than a burst takes to
+    // settle and reload (MAX_DELAY, 700 ms), so a reload would have shown.
+    let reloaded = eventually(Duration::from_millis(1500), || async {
+        reload_counts(&app).await != before
+    })
+    .await;
+    assert!(!reloaded, "{before:?} -> {:?}", reload_counts(&app).await);
+    assert_eq!(node_of(&app, "vip").await, "gw-1");
 }
