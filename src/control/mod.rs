@@ -19,7 +19,7 @@ use std::{
     future::Future,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -351,6 +351,12 @@ pub struct Controller {
     /// Serialises table builds (on blocking threads) and owns the per-node
     /// metric series, so swaps happen in the order of the inputs they read.
     series: Mutex<Series>,
+    /// Coalesces rebuild requests: one build serves every request made
+    /// before it read the inputs (a burst of health changes costs a few
+    /// builds, not one each).
+    rebuild_turn: tokio::sync::Mutex<()>,
+    rebuilds_requested: AtomicU64,
+    rebuilds_done: AtomicU64,
     /// Serialises this process's admin writes and overrides reloads.
     write: tokio::sync::Mutex<()>,
     overrides_status: ArcSwap<OverridesStatus>,
@@ -399,6 +405,9 @@ impl Controller {
             snapshot: ArcSwap::from_pointee(empty_snapshot()),
             inputs: Mutex::new(Inputs::from_stored(stored.unwrap_or_default())),
             series: Mutex::new(Series::default()),
+            rebuild_turn: tokio::sync::Mutex::new(()),
+            rebuilds_requested: AtomicU64::new(0),
+            rebuilds_done: AtomicU64::new(0),
             write: tokio::sync::Mutex::new(()),
             overrides_status: ArcSwap::from_pointee(OverridesStatus {
                 path: config.overrides_path.clone(),
@@ -620,12 +629,26 @@ impl Controller {
         }));
     }
 
-    /// `rebuild` on a blocking thread: a build over many nodes must not
-    /// stall the async workers that serve routes.
+    /// `rebuild` on a blocking thread (a build over many nodes must not
+    /// stall the async workers that serve routes), after the inputs this
+    /// caller changed. Requests that arrive while a build waits to start
+    /// share it.
     pub async fn rebuild_async(self: &Arc<Self>) {
+        let mine = self.rebuilds_requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.rebuild_turn.lock().await;
+        if self.rebuilds_done.load(Ordering::SeqCst) >= mine {
+            return;
+        }
+        // Every request counted so far changed its inputs before it was
+        // counted, so the build below (which reads the inputs after this
+        // load) serves them all.
+        let upto = self.rebuilds_requested.load(Ordering::SeqCst);
         let ctl = self.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || ctl.rebuild()).await {
-            tracing::error!(error = %error, "Routing table rebuild failed");
+        match tokio::task::spawn_blocking(move || ctl.rebuild()).await {
+            Ok(()) => {
+                self.rebuilds_done.fetch_max(upto, Ordering::SeqCst);
+            }
+            Err(error) => tracing::error!(error = %error, "Routing table rebuild failed"),
         }
     }
 

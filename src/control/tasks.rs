@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::FutureExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::Controller;
@@ -52,26 +51,16 @@ fn supervise(
     name: &'static str,
     task: fn(Arc<Controller>) -> TaskFuture,
 ) -> JoinHandle<()> {
+    let restarts = ctl.metrics.task_restarts.with_label_values(&[name]);
+    let stop = ctl.stop.subscribe();
     let ctl = ctl.clone();
-    tokio::spawn(async move {
-        loop {
-            let run = std::panic::AssertUnwindSafe(task(ctl.clone())).catch_unwind();
-            tokio::select! {
-                _ = ctl.stopped() => return,
-                result = run => {
-                    if *ctl.stop.borrow() {
-                        return;
-                    }
-                    ctl.metrics.task_restarts.with_label_values(&[name]).inc();
-                    match result {
-                        Ok(()) => tracing::error!(task = name, "A background task ended; restarting it"),
-                        Err(_) => tracing::error!(task = name, "A background task panicked; restarting it"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    })
+    crate::supervise::supervise(
+        name,
+        Duration::from_millis(200),
+        move || *stop.borrow(),
+        move || restarts.inc(),
+        move || task(ctl.clone()),
+    )
 }
 
 fn interval(period: Duration) -> tokio::time::Interval {

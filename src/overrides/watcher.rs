@@ -13,8 +13,6 @@
 //! outside) raise no event in the folder at all.
 
 use std::{
-    any::Any,
-    future::Future,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -24,7 +22,7 @@ use notify::{
     event::{AccessKind, AccessMode},
     EventKind, RecommendedWatcher, RecursiveMode, Watcher,
 };
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{
@@ -49,6 +47,8 @@ pub struct WatcherHandle {
     _task: AbortOnDrop,
 }
 
+use crate::supervise::{supervise, AbortOnDrop};
+
 /// Starts the watcher; it lives as long as the returned handle. Fails when the
 /// folder cannot be watched at start; later failures are logged and retried.
 pub fn spawn(ctl: Arc<Controller>) -> Result<WatcherHandle, notify::Error> {
@@ -61,12 +61,19 @@ pub fn spawn(ctl: Arc<Controller>) -> Result<WatcherHandle, notify::Error> {
     first.arm()?;
     tracing::info!(path = %path.display(), "Watching the overrides file");
     let mut first = Some(first);
-    let task = supervise("overrides watcher", RESTART_DELAY, move || {
-        first
-            .take()
-            .unwrap_or_else(|| Watch::new(ctl.clone()))
-            .run()
-    });
+    let restarts = ctl.metrics.task_restarts.with_label_values(&["watcher"]);
+    let task = supervise(
+        "overrides watcher",
+        RESTART_DELAY,
+        || false,
+        move || restarts.inc(),
+        move || {
+            first
+                .take()
+                .unwrap_or_else(|| Watch::new(ctl.clone()))
+                .run()
+        },
+    );
     Ok(WatcherHandle {
         _task: AbortOnDrop(task),
     })
@@ -295,52 +302,6 @@ impl Watch {
     }
 }
 
-/// Aborts the task when dropped, so stopping a supervisor stops its child.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs the task `make` returns and, with an error log, starts a new one
-/// after `delay` whenever it panics or ends: a background task must not stop
-/// silently.
-fn supervise<F, Fut>(name: &'static str, delay: Duration, mut make: F) -> JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let mut task = AbortOnDrop(tokio::spawn(make()));
-            match (&mut task.0).await {
-                Ok(()) => tracing::error!(task = name, "Background task ended; restarting it"),
-                Err(error) if error.is_panic() => {
-                    let panic = error.into_panic();
-                    tracing::error!(
-                        task = name,
-                        error = panic_message(panic.as_ref()),
-                        "Background task panicked; restarting it"
-                    );
-                }
-                // Cancelled: only when the runtime shuts down.
-                Err(_) => return,
-            }
-            tokio::time::sleep(delay).await;
-        }
-    })
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown panic")
-}
-
 /// Reloads on SIGHUP.
 #[cfg(unix)]
 pub fn spawn_sighup(ctl: Arc<Controller>) {
@@ -366,8 +327,6 @@ pub fn spawn_sighup(_ctl: Arc<Controller>) {}
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::overrides::Overrides;
 
@@ -404,53 +363,5 @@ mod tests {
         // In effect but the last attempt failed: loading it again clears the error.
         let after_error = status(&format!("{hash:016x}"), Some("bad"));
         assert!(LastSeen::default().needs_reload(Fingerprint::Content(hash), &after_error));
-    }
-
-    #[tokio::test]
-    async fn a_task_that_panics_or_ends_is_restarted_and_stops_with_its_supervisor() {
-        struct SetOnDrop(Arc<AtomicUsize>);
-        impl Drop for SetOnDrop {
-            fn drop(&mut self) {
-                self.0.store(1, Ordering::SeqCst);
-            }
-        }
-        let runs = Arc::new(AtomicUsize::new(0));
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let supervisor = {
-            let (runs, dropped) = (runs.clone(), dropped.clone());
-            supervise("test", Duration::from_millis(1), move || {
-                let run = runs.fetch_add(1, Ordering::SeqCst);
-                let guard = SetOnDrop(dropped.clone());
-                async move {
-                    match run {
-                        0 => panic!("first run fails"),
-                        1 => {}
-                        _ => {
-                            let _guard = guard;
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            })
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while runs.load(Ordering::SeqCst) < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "not restarted");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The guards of the first two runs dropped when they ended; reset and
-        // check the third, still running, stops with the supervisor.
-        dropped.store(0, Ordering::SeqCst);
-        supervisor.abort();
-        let _ = supervisor.await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while dropped.load(Ordering::SeqCst) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the child outlived its supervisor"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 }

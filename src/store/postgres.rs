@@ -59,6 +59,10 @@ struct Leader {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// For heartbeats and probe verdicts: soft state, committed without
+    /// waiting for the disk (a crash of the database loses at most the last
+    /// fraction of a second of them; the next heartbeat restores it).
+    soft: PgPool,
     options: PgConnectOptions,
     leader: tokio::sync::Mutex<Option<Leader>>,
     migrated: tokio::sync::OnceCell<()>,
@@ -91,8 +95,15 @@ impl PostgresStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options.clone());
+        let soft = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let store = Self {
             pool,
+            soft,
             options,
             leader: tokio::sync::Mutex::new(None),
             migrated: tokio::sync::OnceCell::new(),
@@ -144,6 +155,7 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         Ok(Self {
+            soft: pool.clone(),
             pool,
             options,
             leader: tokio::sync::Mutex::new(None),
@@ -161,7 +173,7 @@ impl PostgresStore {
     async fn notify(&self, channel: &str) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(channel)
-            .execute(&self.pool)
+            .execute(&self.soft)
             .await?;
         Ok(())
     }
@@ -893,7 +905,7 @@ impl Store for PostgresStore {
             .bind(node)
             .bind(-1i64)
             .bind(i64::try_from(connections).unwrap_or(i64::MAX))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.soft)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("node {node}")))?;
         let record = health_from_row(&row)?;
@@ -1026,7 +1038,7 @@ impl Store for PostgresStore {
                 .bind(v.incarnation)
                 .bind(v.down)
                 .bind(&v.reason)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.soft)
                 .await?;
             if let Some(row) = row {
                 out.push(health_from_row(&row)?);
