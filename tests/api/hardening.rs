@@ -461,13 +461,19 @@ async fn concurrent_writers_lose_no_update_and_readers_see_whole_snapshots() {
             }
         })
     };
-    // Readers: every answer is 200, and one revision always means one table.
+    // Readers. The churn moves n0, n1, .., n4 to generation g one at a time,
+    // each write answered only after its table is in place, so every table
+    // ever published has n0..n(j-1) at generation g and the rest at g - 1.
+    // On every answer: the five addresses are such a state (an answer mixing
+    // tables of different moments is not), and it is not older than the
+    // previous answer's. Whenever a revision comes back, its table must too.
     let reader = {
         let app = app.clone();
         tokio::spawn(async move {
             let users = uids(200);
             let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-            let mut seen: HashMap<String, Vec<(String, String)>> = HashMap::new();
+            let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut last_position = 0;
             let mut answers = 0;
             for _ in 0..150 {
                 let resp = app.batch(&refs).await;
@@ -477,27 +483,51 @@ async fn concurrent_writers_lose_no_update_and_readers_see_whole_snapshots() {
                     .unwrap()
                     .to_owned();
                 let groups: Vec<Value> = resp.json().await.unwrap();
-                let mut table: Vec<(String, String)> = groups
+                let routed: usize = groups
                     .iter()
-                    .map(|g| {
-                        (
-                            g["node_id"].as_str().unwrap().to_owned(),
-                            g["tcp_addr"].as_str().unwrap().to_owned(),
-                        )
-                    })
-                    .collect();
-                table.sort();
-                if let Some(previous) = seen.get(&rev) {
-                    for (node, addr) in &table {
-                        if let Some((_, prev_addr)) = previous.iter().find(|(n, _)| n == node) {
-                            assert_eq!(
-                                addr, prev_addr,
-                                "revision {rev} answered two addresses for {node}"
-                            );
-                        }
-                    }
+                    .map(|g| g["uids"].as_array().unwrap().len())
+                    .sum();
+                assert_eq!(routed, refs.len(), "every uid answered once");
+                // Generation of n0..n4 in this answer (0: the address they were
+                // created with).
+                let mut gens = vec![None; 5];
+                for g in &groups {
+                    let node = g["node_id"].as_str().unwrap();
+                    let Some(i) = node.strip_prefix('n').and_then(|i| i.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    let addr = g["tcp_addr"].as_str().unwrap();
+                    let gen = if addr == format!("n{i}.example.com:5100") {
+                        0
+                    } else {
+                        let want_suffix = format!(".{i}:1");
+                        let gen = addr
+                            .strip_prefix("10.0.")
+                            .and_then(|a| a.strip_suffix(&want_suffix))
+                            .and_then(|g| g.parse::<u32>().ok());
+                        gen.unwrap_or_else(|| panic!("{node} answered {addr}"))
+                    };
+                    gens[i] = Some(gen);
                 }
-                seen.entry(rev).or_insert(table);
+                let gens: Vec<u32> = gens
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, g)| g.unwrap_or_else(|| panic!("n{i} took none of 200 users")))
+                    .collect();
+                assert!(
+                    gens.windows(2).all(|w| w[0] >= w[1]) && gens[0] - gens[4] <= 1,
+                    "revision {rev}: generations {gens:?} were never one table"
+                );
+                // Writes applied so far, in the churn's order.
+                let position = gens.iter().sum::<u32>();
+                assert!(
+                    position >= last_position,
+                    "revision {rev}: generations {gens:?} are older than an earlier answer"
+                );
+                last_position = position;
+                let first = seen.entry(rev.clone()).or_insert_with(|| gens.clone());
+                assert_eq!(*first, gens, "revision {rev} answered two different tables");
                 answers += 1;
             }
             answers
@@ -784,4 +814,84 @@ async fn json_logs_carry_the_request_id_and_the_config_is_logged_redacted() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(found, "the change's log line carries its request id");
+}
+
+/// A client that gives up after a few milliseconds goes away in the middle of
+/// its write, at every point from before the handler to after the commit. A
+/// write that committed must reach routing anyway, with no later write to
+/// carry it: after each abandoned request, every node the audit trail says
+/// was created is listed and routable.
+#[tokio::test]
+async fn a_committed_write_reaches_routing_even_when_its_client_goes_away() {
+    // The change feed's periodic check of the change counter would bring a
+    // committed change in sooner or later: make it too slow to matter.
+    let app = spawn_app_with(|c| c.cluster.poll_interval_ms = 3_600_000).await;
+    let mut abandoned_but_committed = 0;
+    let mut sent = 0;
+    while sent < 300 && (sent < 40 || abandoned_but_committed < 5) {
+        let id = format!("n{sent}");
+        let timeout = Duration::from_millis(1 + sent % 6);
+        sent += 1;
+        let result = app
+            .client
+            .post(app.url("/admin/nodes"))
+            .bearer_auth(&app.token)
+            .timeout(timeout)
+            .json(&json!({"id": id}))
+            .send()
+            .await;
+        match result {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 201, "{id}");
+                continue;
+            }
+            Err(e) => assert!(e.is_timeout(), "{id}: {e}"),
+        }
+        // Abandoned. Whatever committed so far must show, without another
+        // write. (The abandoned write itself may still be committing; if it
+        // is not audited yet it is checked after the next abandoned one.)
+        let consistent = eventually(Duration::from_secs(10), || async {
+            let (created, listed, routable) = created_listed_routable(&app).await;
+            listed == created && routable == created.len()
+        })
+        .await;
+        let (created, listed, routable) = created_listed_routable(&app).await;
+        assert!(
+            consistent,
+            "after abandoning {id}: audited {created:?}, listed {listed:?}, {routable} routable"
+        );
+        if created.contains(&id) {
+            abandoned_but_committed += 1;
+        }
+    }
+    assert!(
+        abandoned_but_committed >= 5,
+        "only {abandoned_but_committed} of {sent} writes were abandoned after their commit"
+    );
+}
+
+/// Nodes the audit trail says were created, nodes listed, nodes routable.
+async fn created_listed_routable(app: &TestApp) -> (Vec<String>, Vec<String>, usize) {
+    let (_, audit) = app
+        .admin_json(Method::GET, "/admin/audit?limit=1000", None)
+        .await;
+    let mut created: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "node.create")
+        .map(|r| r["target"].as_str().unwrap().to_owned())
+        .collect();
+    created.sort();
+    let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+    let mut listed: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    let routable = routing["nodes_routable"].as_u64().unwrap() as usize;
+    (created, listed, routable)
 }
