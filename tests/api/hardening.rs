@@ -461,15 +461,26 @@ async fn concurrent_writers_lose_no_update_and_readers_see_whole_snapshots() {
             }
         })
     };
-    // Readers: every answer is 200, and one revision always means one table.
+    // Readers. The churn moves n0, n1, .., n4 to generation g one at a time,
+    // each write answered only after its table is in place, so every table
+    // ever published has n0..n(j-1) at generation g and the rest at g - 1.
+    // On every answer: the five addresses are such a state (an answer mixing
+    // tables of different moments is not), and it is not older than the
+    // previous answer's. Whenever a revision comes back, its table must too.
+    // The reader runs until every writer is done, then reads once more.
+    let writes_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let app = app.clone();
+        let writes_done = writes_done.clone();
         tokio::spawn(async move {
             let users = uids(200);
             let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-            let mut seen: HashMap<String, Vec<(String, String)>> = HashMap::new();
+            let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut last_position = 0;
             let mut answers = 0;
-            for _ in 0..150 {
+            let mut positions = std::collections::BTreeSet::new();
+            loop {
+                let finished = writes_done.load(std::sync::atomic::Ordering::SeqCst);
                 let resp = app.batch(&refs).await;
                 assert_eq!(resp.status(), 200);
                 let rev = resp.headers()["x-routing-revision"]
@@ -477,37 +488,77 @@ async fn concurrent_writers_lose_no_update_and_readers_see_whole_snapshots() {
                     .unwrap()
                     .to_owned();
                 let groups: Vec<Value> = resp.json().await.unwrap();
-                let mut table: Vec<(String, String)> = groups
+                let routed: usize = groups
                     .iter()
-                    .map(|g| {
-                        (
-                            g["node_id"].as_str().unwrap().to_owned(),
-                            g["tcp_addr"].as_str().unwrap().to_owned(),
-                        )
-                    })
-                    .collect();
-                table.sort();
-                if let Some(previous) = seen.get(&rev) {
-                    for (node, addr) in &table {
-                        if let Some((_, prev_addr)) = previous.iter().find(|(n, _)| n == node) {
-                            assert_eq!(
-                                addr, prev_addr,
-                                "revision {rev} answered two addresses for {node}"
-                            );
-                        }
-                    }
+                    .map(|g| g["uids"].as_array().unwrap().len())
+                    .sum();
+                assert_eq!(routed, refs.len(), "every uid answered once");
+                // Generation of n0..n4 in this answer (0: the address they were
+                // created with).
+                let mut gens = vec![None; 5];
+                for g in &groups {
+                    let node = g["node_id"].as_str().unwrap();
+                    let Some(i) = node.strip_prefix('n').and_then(|i| i.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    let addr = g["tcp_addr"].as_str().unwrap();
+                    let gen = if addr == format!("n{i}.example.com:5100") {
+                        0
+                    } else {
+                        let want_suffix = format!(".{i}:1");
+                        let gen = addr
+                            .strip_prefix("10.0.")
+                            .and_then(|a| a.strip_suffix(&want_suffix))
+                            .and_then(|g| g.parse::<u32>().ok());
+                        gen.unwrap_or_else(|| panic!("{node} answered {addr}"))
+                    };
+                    gens[i] = Some(gen);
                 }
-                seen.entry(rev).or_insert(table);
+                let gens: Vec<u32> = gens
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, g)| g.unwrap_or_else(|| panic!("n{i} took none of 200 users")))
+                    .collect();
+                assert!(
+                    gens.windows(2).all(|w| w[0] >= w[1]) && gens[0] - gens[4] <= 1,
+                    "revision {rev}: generations {gens:?} were never one table"
+                );
+                // Writes applied so far, in the churn's order.
+                let position = gens.iter().sum::<u32>();
+                assert!(
+                    position >= last_position,
+                    "revision {rev}: generations {gens:?} are older than an earlier answer"
+                );
+                last_position = position;
+                positions.insert(position);
+                let first = seen.entry(rev.clone()).or_insert_with(|| gens.clone());
+                assert_eq!(*first, gens, "revision {rev} answered two different tables");
                 answers += 1;
+                if finished && answers >= 150 {
+                    break;
+                }
             }
-            answers
+            (answers, positions, last_position)
         })
     };
     for t in tasks {
         t.await.unwrap();
     }
     churn.await.unwrap();
-    assert_eq!(reader.await.unwrap(), 150);
+    writes_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answers, positions, last) = reader.await.unwrap();
+    assert!(answers >= 150);
+    assert_eq!(
+        last,
+        5 * 6,
+        "the answer after the last write has all of them"
+    );
+    // The reader saw the churn in progress, not only before and after.
+    assert!(
+        positions.len() >= 10,
+        "{answers} answers saw only {positions:?} of the 31 states"
+    );
     let (_, counter) = app
         .admin_json(Method::GET, "/admin/nodes/counter", None)
         .await;
@@ -784,4 +835,92 @@ async fn json_logs_carry_the_request_id_and_the_config_is_logged_redacted() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(found, "the change's log line carries its request id");
+}
+
+/// A client that cancels its write a few milliseconds after sending it goes
+/// away at every point from before the handler to after the commit. Over
+/// HTTP/2 a cancelled request (RST_STREAM) makes the server drop its handler;
+/// over HTTP/1 (poem 3.1) a closed connection does not, so HTTP/2 it is. A
+/// write that committed must reach routing anyway, with no later write to
+/// carry it: after each cancelled request, every node the audit trail says
+/// was created is listed and routable.
+#[tokio::test]
+async fn a_committed_write_reaches_routing_even_when_its_client_goes_away() {
+    // The change feed's periodic check of the change counter would bring a
+    // committed change in sooner or later: make it too slow to matter.
+    let app = spawn_app_with(|c| c.cluster.poll_interval_ms = 3_600_000).await;
+    let host = app.addr.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut cancelled_after_commit = 0;
+    let mut sent = 0;
+    while sent < 300 && (sent < 40 || cancelled_after_commit < 5) {
+        let id = format!("n{sent}");
+        let wait = Duration::from_millis(sent % 7);
+        sent += 1;
+        let request = http::Request::post(format!("http://{host}/admin/nodes"))
+            .header("authorization", format!("Bearer {}", app.token))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let (response, mut body) = h2.send_request(request, false).unwrap();
+        body.send_data(json!({"id": id}).to_string().into(), true)
+            .unwrap();
+        match tokio::time::timeout(wait, response).await {
+            Ok(answer) => {
+                assert_eq!(answer.unwrap().status(), 201, "{id}");
+                continue;
+            }
+            Err(_) => body.send_reset(h2::Reason::CANCEL),
+        }
+        // Cancelled. Whatever committed so far must show, without another
+        // write. (The cancelled write itself may still be committing; if it
+        // is not audited yet it is checked after the next cancelled one.)
+        let consistent = eventually(Duration::from_secs(10), || async {
+            let (created, listed, routable) = created_listed_routable(&app).await;
+            listed == created && routable == created.len()
+        })
+        .await;
+        let (created, listed, routable) = created_listed_routable(&app).await;
+        assert!(
+            consistent,
+            "after cancelling {id}: audited {created:?}, listed {listed:?}, {routable} routable"
+        );
+        if created.contains(&id) {
+            cancelled_after_commit += 1;
+        }
+    }
+    assert!(
+        cancelled_after_commit >= 5,
+        "only {cancelled_after_commit} of {sent} writes were cancelled after their commit"
+    );
+    connection.abort();
+}
+
+/// Nodes the audit trail says were created, nodes listed, nodes routable.
+async fn created_listed_routable(app: &TestApp) -> (Vec<String>, Vec<String>, usize) {
+    let (_, audit) = app
+        .admin_json(Method::GET, "/admin/audit?limit=1000", None)
+        .await;
+    let mut created: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "node.create")
+        .map(|r| r["target"].as_str().unwrap().to_owned())
+        .collect();
+    created.sort();
+    let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
+    let mut listed: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    let routable = routing["nodes_routable"].as_u64().unwrap() as usize;
+    (created, listed, routable)
 }

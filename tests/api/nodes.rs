@@ -72,7 +72,12 @@ async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
             "intranet.wss_addr:",
         ),
         (json!({"id": "n", "region": "e u"}), "region:"),
-        (json!({"id": "n", "state": "sleeping"}), ""),
+        // A value of the wrong type is caught by the framework, whose message
+        // names the expected type rather than the field.
+        (
+            json!({"id": "n", "state": "sleeping"}),
+            r#"Expected input type "NodeState""#,
+        ),
         (json!({"id": "n", "colour": "red"}), "colour"),
     ];
     for (body, needle) in cases {
@@ -123,13 +128,131 @@ async fn put_creates_then_replaces_the_whole_node() {
         .await;
     assert_eq!(status, 400);
     assert!(err["msg"].as_str().unwrap().starts_with("id:"));
+}
 
-    // A node read with GET can be written back with PUT.
+/// A node read with `GET` can be written back with `PUT` (its read-only
+/// fields are accepted and ignored), and doing so changes nothing but its
+/// version and `updated_at`.
+#[tokio::test]
+async fn a_node_read_with_get_and_written_back_with_put_is_unchanged() {
+    let app = spawn_app().await;
+    app.add_node(
+        "gw-1",
+        json!({"region": "eu", "weight": 7, "state": "draining",
+               "labels": {"rack": "r1", "zone": "z2"},
+               "external": {"tcp_addr": "203.0.113.1:5100", "ws_addr": "ws://203.0.113.1:5200",
+                            "wss_addr": "wss://im.example.com:5300"},
+               "intranet": {"tcp_addr": "10.1.1.1:5100", "ws_addr": "", "wss_addr": "wss://10.1.1.1/im"}}),
+    )
+    .await;
     let (_, read) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
-    let (status, _) = app
-        .admin_json(Method::PUT, "/admin/nodes/gw-1", Some(read))
+    assert_eq!(read["version"], 1);
+    let (status, written) = app
+        .admin_json(Method::PUT, "/admin/nodes/gw-1", Some(read.clone()))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{written}");
+    let (_, reread) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    assert_eq!(written, reread);
+    assert_eq!(reread["version"], 2);
+    let (at_read, at_write) = (
+        read["updated_at"].as_str().unwrap(),
+        reread["updated_at"].as_str().unwrap(),
+    );
+    assert!(at_write >= at_read, "{at_read} -> {at_write}");
+    let without_bookkeeping = |v: &Value| {
+        let mut v = v.clone();
+        let map = v.as_object_mut().unwrap();
+        map.remove("version");
+        map.remove("updated_at");
+        v
+    };
+    assert_eq!(without_bookkeeping(&read), without_bookkeeping(&reread));
+}
+
+#[tokio::test]
+async fn limit_and_after_page_through_the_nodes_in_id_order() {
+    let app = spawn_app().await;
+    // Created out of id order.
+    let nodes = [
+        ("g", "eu", "active"),
+        ("a", "eu", "active"),
+        ("e", "us", "active"),
+        ("c", "eu", "draining"),
+        ("f", "eu", "active"),
+        ("b", "us", "draining"),
+        ("d", "eu", "active"),
+    ];
+    for (id, region, state) in nodes {
+        app.add_node(id, json!({"region": region, "state": state}))
+            .await;
+    }
+    /// Follows `rel="next"` links from `first`; the ids of each page.
+    async fn pages(app: &TestApp, first: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut next = Some(first.to_owned());
+        while let Some(path) = next {
+            assert!(out.len() < 20, "the links never end");
+            let resp = app.admin(Method::GET, &path, None).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            next = resp.headers().get("link").map(|link| {
+                let link = link.to_str().unwrap();
+                let target = link
+                    .strip_prefix('<')
+                    .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                    .unwrap_or_else(|| panic!("{path}: Link {link}"));
+                target.to_owned()
+            });
+            let page: Vec<Value> = resp.json().await.unwrap();
+            out.push(
+                page.iter()
+                    .map(|n| n["id"].as_str().unwrap().to_owned())
+                    .collect(),
+            );
+        }
+        out
+    }
+    assert_eq!(
+        pages(&app, "/admin/nodes?limit=3").await,
+        [vec!["a", "b", "c"], vec!["d", "e", "f"], vec!["g"]]
+    );
+    // A last page that is full has no link either.
+    assert_eq!(
+        pages(&app, "/admin/nodes?limit=7").await,
+        [vec!["a", "b", "c", "d", "e", "f", "g"]]
+    );
+    assert_eq!(
+        pages(&app, "/admin/nodes?limit=1").await.concat(),
+        ["a", "b", "c", "d", "e", "f", "g"]
+    );
+    // `after` need not be an existing id.
+    assert_eq!(
+        pages(&app, "/admin/nodes?limit=2&after=bb").await,
+        [vec!["c", "d"], vec!["e", "f"], vec!["g"]]
+    );
+    // Filters carry over to every page.
+    assert_eq!(
+        pages(&app, "/admin/nodes?region=eu&limit=2").await,
+        [vec!["a", "c"], vec!["d", "f"], vec!["g"]]
+    );
+    assert_eq!(
+        pages(&app, "/admin/nodes?region=eu&state=active&limit=2").await,
+        [vec!["a", "d"], vec!["f", "g"]]
+    );
+    assert_eq!(
+        pages(&app, "/admin/nodes?state=draining&limit=1").await,
+        [vec!["b"], vec!["c"]]
+    );
+    for bad in ["limit=0", "limit=10001", "limit=-1", "limit=x"] {
+        let (status, err) = app
+            .admin_json(Method::GET, &format!("/admin/nodes?{bad}"), None)
+            .await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    let resp = app
+        .admin(Method::GET, "/admin/nodes?limit=10000", None)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("link").is_none());
 }
 
 #[tokio::test]

@@ -3,13 +3,17 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// A server whose store answered at start is live and ready. This is only
+/// the positive case: the 503 of a replica whose store does not answer yet is
+/// `cluster::a_replica_started_before_its_database_is_not_ready_until_it_answers`.
 #[tokio::test]
-async fn liveness_and_readiness_answer() {
+async fn a_server_whose_store_answers_is_live_and_ready() {
     let app = spawn_app().await;
     let h = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(h.status(), 200);
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ready");
 }
 
 #[tokio::test]

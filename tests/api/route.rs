@@ -200,6 +200,59 @@ async fn the_revision_changes_with_routing_inputs_and_only_then() {
     assert_ne!(r1, r2);
     let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
     assert_eq!(routing["revision"], r2.as_str());
+
+    // "Only then": writes that routing does not read rebuild the table but
+    // leave the revision alone.
+    let rebuilds = |m: String| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("imroute_routing_table_rebuilds_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the rebuild counter is exported")
+    };
+    let rebuilt_before = rebuilds(app.metrics().await);
+    let unread: [(Method, &str, Value); 4] = [
+        // Labels are not a routing input.
+        (
+            Method::PATCH,
+            "/admin/nodes/b",
+            json!({"labels": {"rack": "r7"}}),
+        ),
+        // Unknown -> healthy: b was routable and stays routable.
+        (
+            Method::PUT,
+            "/admin/nodes/b/heartbeat",
+            json!({"connections": 3}),
+        ),
+        // A stored strategy that is not the active one.
+        (
+            Method::PUT,
+            "/admin/strategies/spare",
+            json!({"kind": "weighted"}),
+        ),
+        // A node that takes no users.
+        (
+            Method::POST,
+            "/admin/nodes",
+            json!({"id": "off", "state": "disabled"}),
+        ),
+    ];
+    for (method, path, body) in unread {
+        let resp = app.admin(method.clone(), path, Some(body)).await;
+        assert!(
+            resp.status().is_success(),
+            "{method} {path}: {}",
+            resp.status()
+        );
+        assert_eq!(
+            r2,
+            rev(&app.batch(&["u"]).await),
+            "{method} {path} changes nothing routing reads"
+        );
+    }
+    assert!(
+        rebuilds(app.metrics().await) >= rebuilt_before + 4,
+        "each of those writes rebuilt the table"
+    );
     // An address change is something routing reads.
     app.admin(
         Method::PATCH,
