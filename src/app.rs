@@ -18,7 +18,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database: {0}{cause}", cause = cause(.0))]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -126,13 +126,27 @@ impl Application {
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await;
-        self.state.ctl.shutdown().await;
+        self.state.ctl.stop();
         for task in self.tasks {
             let _ = task.await;
         }
+        self.state.ctl.leave().await;
         tracing::info!("Stopped");
         result
     }
+}
+
+/// The cause chain of an error, for the one line that says why start failed
+/// (database URLs are never part of it: sqlx does not quote them).
+fn cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 /// The machine's host name, for the default replica id.

@@ -63,10 +63,13 @@ CREATE TABLE audit_log (
 
 -- Health facts; every replica derives the same status from them. `xid` is
 -- the writing transaction's id, so readers can ask for what changed since a
--- snapshot without missing transactions that commit out of order.
+-- snapshot without missing transactions that commit out of order; `version`
+-- orders the writes of one row. No index on xid: heartbeats stay HOT updates
+-- (the table is small; readers scan it).
 CREATE TABLE node_health (
     node_id         TEXT PRIMARY KEY,
     incarnation     BIGINT NOT NULL,
+    version         BIGINT NOT NULL DEFAULT 0,
     connections     BIGINT,
     heartbeat_at    TIMESTAMPTZ,
     heartbeat_since TIMESTAMPTZ,
@@ -76,9 +79,7 @@ CREATE TABLE node_health (
     probe_reason    TEXT NOT NULL DEFAULT '',
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     xid             BIGINT NOT NULL
-);
-
-CREATE INDEX node_health_xid ON node_health (xid);
+) WITH (fillfactor = 70);
 
 CREATE TABLE replicas (
     id         TEXT PRIMARY KEY,

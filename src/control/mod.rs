@@ -135,7 +135,7 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(msg) => ControlError::Conflict(msg),
             StoreError::VersionMismatch { current } => ControlError::VersionMismatch { current },
             StoreError::Invalid(msg) => ControlError::Invalid(msg),
-            StoreError::Unavailable(_) => ControlError::Unavailable,
+            StoreError::Unavailable(_) | StoreError::Busy(_) => ControlError::Unavailable,
             other => ControlError::Store(other),
         }
     }
@@ -189,7 +189,9 @@ impl Inputs {
     /// Applies a node's state as of change `seq`; false when what is cached
     /// is as new or newer.
     fn apply_node(&mut self, id: &str, seq: i64, value: Option<NodeRecord>) -> bool {
-        if seq <= self.node_seq(id) {
+        // At or below `applied`, the feed (or a full load) has already
+        // brought this change or a newer one, whose tombstone may be gone.
+        if seq <= self.applied || seq <= self.node_seq(id) {
             return false;
         }
         match value {
@@ -207,7 +209,7 @@ impl Inputs {
     }
 
     fn apply_strategy(&mut self, name: &str, seq: i64, value: Option<StrategyRecord>) -> bool {
-        if seq <= self.strategy_seq(name) {
+        if seq <= self.applied || seq <= self.strategy_seq(name) {
             return false;
         }
         match value {
@@ -224,7 +226,7 @@ impl Inputs {
     }
 
     fn apply_active(&mut self, seq: i64, name: String) -> bool {
-        if seq <= self.active_seq {
+        if seq <= self.applied || seq <= self.active_seq {
             return false;
         }
         self.active = name;
@@ -442,7 +444,7 @@ impl Controller {
     /// After the first full load: health, overrides (validated against what
     /// was loaded), the first table.
     async fn become_ready(self: &Arc<Self>) -> Result<(), StoreError> {
-        let health = self.store.health_since(0).await?;
+        let health = self.store_call(self.store.health_since(0)).await?;
         self.health.apply(health.records, true);
         self.start_overrides().await;
         self.rebuild_async().await;
@@ -483,10 +485,10 @@ impl Controller {
         self.stop.send_replace(true);
     }
 
-    /// Stops the background tasks and leaves the replica registry (and the
-    /// leader lock, so another replica takes over at once).
-    pub async fn shutdown(&self) {
-        self.stop();
+    /// Leaves the replica registry (and the leader lock, so another replica
+    /// takes over at once); after the background tasks have stopped, so the
+    /// registry task cannot report this replica again.
+    pub async fn leave(&self) {
         if self.store_up() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), self.store.leave(&self.me.id)).await;
@@ -507,7 +509,6 @@ impl Controller {
 
     /// Builds a table and view from the current inputs and swaps them in.
     pub fn rebuild(&self) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let (nodes, strategies, active_db, file) = {
             let inputs = self.lock_inputs();
             (
@@ -580,6 +581,9 @@ impl Controller {
         // for nodes that are gone, so a scrape never sees a live node's
         // series missing and a deleted node leaves none behind.
         let current: HashSet<&str> = nodes.iter().map(|n| n.spec.id.as_str()).collect();
+        // Held only for the series update: a heartbeat takes it to set its
+        // node's gauge, and must not wait for a whole table build.
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         series.nodes.retain(|id, _| {
             let keep = current.contains(id.as_str());
             if !keep {
@@ -676,8 +680,8 @@ impl Controller {
     }
 
     /// Runs one store operation within the store's time bound and keeps the
-    /// store's availability up to date. While the store is known to be down,
-    /// fails at once; the change feed notices when it is back.
+    /// store's availability up to date (a connection failure or a timeout
+    /// marks it down; a lock or statement timeout fails only this call).
     pub async fn store_call<T>(
         &self,
         op: impl Future<Output = Result<T, StoreError>>,
@@ -737,11 +741,21 @@ impl Controller {
     {
         // The task keeps the request's span: its log lines carry the request id.
         let task = f(self.clone()).instrument(tracing::Span::current());
-        match tokio::spawn(task).await {
-            Ok(result) => result,
-            Err(error) => {
+        // The answer never waits longer than the store may take (plus the
+        // queue of this replica's writes): past it, 503. The write itself
+        // goes on and, if it commits, reaches routing.
+        let deadline = self.store.op_timeout() + Duration::from_secs(1);
+        match tokio::time::timeout(deadline, tokio::spawn(task)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => {
                 tracing::error!(error = %error, "A write task failed");
                 Err(ControlError::Internal)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "A write did not finish in time; answering 503 (it may still apply)"
+                );
+                Err(ControlError::Unavailable)
             }
         }
     }
@@ -802,7 +816,7 @@ impl Controller {
         if self.is_ready() {
             self.rebuild_async().await;
         } else {
-            self.store_call(self.become_ready()).await?;
+            self.become_ready().await?;
             tracing::info!("The store answers; ready");
         }
         Ok(())
@@ -877,7 +891,10 @@ impl Controller {
         let (record, _) = self
             .store_call(self.store.heartbeat(id, file_only, connections))
             .await?;
-        self.apply_health(vec![record], false).await;
+        // Applied on a task of its own: a client that goes away now must not
+        // leave the registry updated and the table not rebuilt.
+        let ctl = self.clone();
+        let _ = tokio::spawn(async move { ctl.apply_health(vec![record], false).await }).await;
         Ok(())
     }
 
@@ -1142,7 +1159,10 @@ impl Controller {
     /// The first load at start: an invalid file falls back to the last good
     /// overrides stored for this replica, and the error is shown.
     async fn start_overrides(self: &Arc<Self>) {
-        let saved = match self.store.load_overrides(&self.me.id).await {
+        let saved = match self
+            .store_call(self.store.load_overrides(self.overrides_key()))
+            .await
+        {
             Ok(saved) => saved,
             Err(error) => {
                 tracing::warn!(error = %error, "Cannot read the last good overrides");
@@ -1179,6 +1199,17 @@ impl Controller {
             Err(e) => {
                 tracing::error!(error = %e, "The stored last good overrides do not parse; starting without overrides");
             }
+        }
+    }
+
+    /// Whose last good overrides are kept: this replica's (PostgreSQL:
+    /// set `cluster.replica_id` for it to survive a new host name or port);
+    /// with SQLite there is one process per file, whatever its name.
+    fn overrides_key(&self) -> &str {
+        if self.store.kind() == "sqlite" {
+            "local"
+        } else {
+            &self.me.id
         }
     }
 
@@ -1280,10 +1311,12 @@ impl Controller {
             guard.0.clone()
         };
         let result = if self.store_up() {
-            self.store_call(
-                self.store
-                    .save_overrides(&self.me.id, &saved, Some(&previous), actor),
-            )
+            self.store_call(self.store.save_overrides(
+                self.overrides_key(),
+                &saved,
+                Some(&previous),
+                actor,
+            ))
             .await
         } else {
             Err(StoreError::Unavailable("down".into()))

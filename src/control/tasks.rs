@@ -30,6 +30,8 @@ use crate::{
 const HEALTH_POLL: Duration = Duration::from_millis(500);
 /// A full re-read of health records, dropping any that a race left behind.
 const HEALTH_FULL: Duration = Duration::from_secs(60);
+/// Probe verdicts stored per store call.
+const VERDICTS_PER_CALL: usize = 100;
 /// Replicas report themselves this often.
 const REPORT: Duration = Duration::from_secs(1);
 
@@ -76,7 +78,13 @@ fn spawn_listener(mut listener: Box<dyn Listener>) -> mpsc::Receiver<Option<Sign
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            match listener.recv().await {
+            // Ends (closing the connection) as soon as the feed drops the
+            // receiver, even while waiting on a connection that went silent.
+            let received = tokio::select! {
+                received = listener.recv() => received,
+                _ = tx.closed() => return,
+            };
+            match received {
                 Ok(signal) => {
                     if tx.send(Some(signal)).await.is_err() {
                         return;
@@ -146,11 +154,25 @@ async fn change_feed(ctl: Arc<Controller>) {
                 ctl.apply_health(batch.records, batch.complete).await;
             }
         }
-        let shared = signals.is_some();
+        // Health written by other replicas is read back every 500 ms, with
+        // or without a listener.
+        let shared = store.kind() != "sqlite";
         tokio::select! {
             _ = ctl.stopped() => return,
             signal = recv_signal(&mut signals) => match signal {
-                Some(Signal::Changes) => { let _ = ctl.catch_up().await; }
+                Some(Signal::Changes) => {
+                    // One catch-up serves every notification already queued.
+                    if let Some(rx) = signals.as_mut() {
+                        while let Ok(Some(next)) = rx.try_recv() {
+                            match next {
+                                Signal::Health => health_due = true,
+                                Signal::Reconnected => need_full = true,
+                                Signal::Changes => {}
+                            }
+                        }
+                    }
+                    let _ = ctl.catch_up().await;
+                }
                 Some(Signal::Health) => health_due = true,
                 Some(Signal::Reconnected) => need_full = true,
                 None => {
@@ -277,11 +299,17 @@ async fn probes(ctl: Arc<Controller>) {
                 tracker.record(&target, result, on_record, &cfg)
             })
             .collect();
-        if verdicts.is_empty() {
-            continue;
-        }
-        if let Ok(records) = ctl.store_call(store.set_probe_verdicts(&verdicts)).await {
-            ctl.apply_health(records, false).await;
+        // Stored in bounded chunks, each only while this replica still
+        // holds the lock (a round over many nodes takes a while).
+        for chunk in verdicts.chunks(VERDICTS_PER_CALL) {
+            if !ctl.store_call(store.lead()).await.unwrap_or(false) {
+                tracker.clear();
+                break;
+            }
+            match ctl.store_call(store.set_probe_verdicts(chunk)).await {
+                Ok(records) => ctl.apply_health(records, false).await,
+                Err(_) => break,
+            }
         }
     }
 }

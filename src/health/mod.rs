@@ -124,24 +124,30 @@ impl HealthRegistry {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for r in records {
-            let from = map.get(&r.node).map(|old| {
-                if old.incarnation == r.incarnation {
-                    derive(old, self.ttl).status
+            if complete {
+                seen.insert(r.node.clone());
+            }
+            let old = map.get(&r.node);
+            // Several paths bring records (a write's own result, the read
+            // back, expiry): only a newer write of the row counts.
+            if old.is_some_and(|o| (o.incarnation, o.version) > (r.incarnation, r.version)) {
+                continue;
+            }
+            let from = old.map_or(Status::Unknown, |o| {
+                if o.incarnation == r.incarnation {
+                    derive(o, self.ttl).status
                 } else {
                     Status::Unknown
                 }
             });
             let to = derive(&r, self.ttl);
-            if from.unwrap_or(Status::Unknown) != to.status {
+            if from != to.status {
                 out.push(Transition {
                     node: r.node.clone(),
-                    from: from.unwrap_or(Status::Unknown),
+                    from,
                     to: to.status,
                     reason: to.reason,
                 });
-            }
-            if complete {
-                seen.insert(r.node.clone());
             }
             map.insert(r.node.clone(), r);
         }
@@ -195,12 +201,12 @@ impl HealthRegistry {
     }
 
     /// Drops the records of node incarnations that are gone: `alive` tells,
-    /// for an id, the incarnation that exists now. Records of ids not known
-    /// here are kept: the node may not have reached this process yet (a full
-    /// re-read drops those that never do).
+    /// for an id, the incarnation that exists here now. Records of ids not
+    /// known here, or of a newer incarnation, are kept: the node may not have
+    /// reached this process yet (a full re-read drops those that never do).
     pub fn retain(&self, alive: impl Fn(&str) -> Option<i64>) {
         self.lock()
-            .retain(|id, r| alive(id).is_none_or(|inc| inc == r.incarnation));
+            .retain(|id, r| alive(id).is_none_or(|inc| r.incarnation >= inc));
     }
 
     /// Forgets a deleted node.
@@ -258,6 +264,27 @@ mod tests {
         assert_eq!(reg.view("a", 2, "x").status, Status::Unknown);
         reg.retain(|_| Some(2));
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn an_older_copy_of_a_record_never_replaces_a_newer_one() {
+        let reg = HealthRegistry::new(Duration::from_secs(10));
+        let mut healthy = record("a");
+        healthy.heartbeat_at = Some("2026-01-01T00:00:01.000Z".into());
+        healthy.version = 5;
+        let mut expired = healthy.clone();
+        expired.expired_at = Some("2026-01-01T00:00:20.000Z".into());
+        expired.version = 4;
+        reg.apply([healthy], false);
+        assert!(reg.apply([expired], false).is_empty());
+        assert_eq!(reg.view("a", 1, "x").status, Status::Healthy);
+        // A newer incarnation wins whatever its version.
+        let mut fresh = record("a");
+        fresh.incarnation = 2;
+        reg.apply([fresh], false);
+        assert_eq!(reg.view("a", 2, "x").status, Status::Unknown);
+        reg.retain(|_| Some(1));
+        assert_eq!(reg.len(), 1, "a newer incarnation is kept");
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl MemoryHealth {
         r.heartbeat_at = Some(now);
         r.expired_at = None;
         r.connections = Some(connections);
+        r.version = changed;
         entry.last_heartbeat = Some(Instant::now());
         entry.changed = changed;
         (entry.record.clone(), revived)
@@ -100,6 +101,7 @@ impl MemoryHealth {
             if due && entry.record.expired_at.is_none() {
                 counter += 1;
                 entry.record.expired_at = Some(now_rfc3339());
+                entry.record.version = counter;
                 entry.changed = counter;
                 out.push(entry.record.clone());
             }
@@ -143,6 +145,7 @@ impl MemoryHealth {
             }
             r.probe_down = Some(v.down);
             r.probe_reason = v.reason.clone();
+            r.version = changed;
             entry.changed = changed;
             out.push(r.clone());
         }

@@ -103,6 +103,9 @@ pub struct HealthRecord {
     /// The node's `created_seq` when the record was written: a node deleted
     /// and created again under the same id starts with a clean record.
     pub incarnation: i64,
+    /// Orders the writes of one node's record: a copy never goes back to an
+    /// older one.
+    pub version: i64,
     pub connections: Option<u64>,
     /// Last heartbeat.
     pub heartbeat_at: Option<String>,
@@ -122,6 +125,7 @@ impl HealthRecord {
         HealthRecord {
             node: node.to_owned(),
             incarnation,
+            version: 0,
             connections: None,
             heartbeat_at: None,
             heartbeat_since: None,
@@ -197,6 +201,11 @@ pub enum StoreError {
     /// The database cannot be reached (connection refused or lost, timeout).
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database answers but this operation waited too long (a lock held
+    /// by a stuck session, a statement timeout): this request fails, the
+    /// store is not taken for down.
+    #[error("the store is busy")]
+    Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -209,10 +218,20 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            // 57014: statement timeout; 55P03: lock timeout.
+            if db.code().is_some_and(|c| c == "57014" || c == "55P03") {
+                return StoreError::Busy(Box::new(err));
+            }
+        }
         let unavailable = match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
@@ -223,12 +242,9 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                 // Class 08: connection exception; 57P01-57P03: the server is
                 // shutting down or not yet accepting; 53300: too many
-                // connections; 57014: statement timeout (a hung store).
+                // connections; 25P03: idle-in-transaction timeout.
                 code.starts_with("08")
-                    || matches!(
-                        &*code,
-                        "57P01" | "57P02" | "57P03" | "53300" | "57014" | "55P03"
-                    )
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "25P03")
             }),
             _ => false,
         };

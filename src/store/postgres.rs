@@ -35,8 +35,8 @@ const NODE_COLUMNS: &str = "id, region, weight, state, ext_tcp_addr, ext_ws_addr
 
 const STRATEGY_COLUMNS: &str = "name, kind, params, version, created_at, updated_at, seq";
 
-const HEALTH_COLUMNS: &str = "node_id, incarnation, connections, heartbeat_at, heartbeat_since, \
-     expired_at, probe_down, probe_since, probe_reason, created_at";
+const HEALTH_COLUMNS: &str = "node_id, incarnation, version, connections, heartbeat_at, \
+     heartbeat_since, expired_at, probe_down, probe_since, probe_reason, created_at";
 
 /// The advisory lock of the replica that judges expiry and runs probes (the
 /// two-key form, which never collides with sqlx's migration lock).
@@ -52,6 +52,10 @@ const XID: &str = "pg_current_xact_id()::text::bigint";
 struct Leader {
     conn: PgConnection,
     held: bool,
+    /// The database's clock at the last successful query on `conn`.
+    last_ok: DateTime<Utc>,
+    /// A query was started and not finished (its caller was cancelled).
+    in_flight: bool,
     /// When leadership was taken (database clock): expiry counts from no
     /// earlier than this, so nobody expires because of an outage.
     resume: DateTime<Utc>,
@@ -81,6 +85,9 @@ impl PostgresStore {
             .options([
                 ("statement_timeout", STATEMENT_TIMEOUT_MS),
                 ("lock_timeout", STATEMENT_TIMEOUT_MS),
+                // A session stuck in a transaction (its replica paused or cut
+                // off mid-write) must not hold the change counter's lock.
+                ("idle_in_transaction_session_timeout", "5000"),
                 // Let the server notice a vanished replica (and free its
                 // advisory lock) within seconds, not hours.
                 ("tcp_keepalives_idle", "5"),
@@ -187,6 +194,7 @@ fn health_from_row(row: &PgRow) -> Result<HealthRecord, StoreError> {
     Ok(HealthRecord {
         node: row.try_get("node_id")?,
         incarnation: row.try_get("incarnation")?,
+        version: row.try_get("version")?,
         connections: connections.map(|c| u64::try_from(c).unwrap_or(0)),
         heartbeat_at: time("heartbeat_at")?,
         heartbeat_since: time("heartbeat_since")?,
@@ -244,9 +252,10 @@ async fn bump(conn: &mut PgConnection, kind: &str, key: &str) -> Result<i64, Sto
         .bind(seq - CHANGES_KEPT)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
+    // No payload: identical notifications of one transaction, or of several
+    // before a listener reads them, fold into one wake-up.
+    sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANGES_CHANNEL)
-        .bind(seq.to_string())
         .execute(&mut *conn)
         .await?;
     Ok(seq)
@@ -399,7 +408,7 @@ fn health_upsert(stored: bool, set: &[(&str, &str, &str)]) -> String {
          INSERT INTO node_health AS h (node_id, incarnation, xid, {cols}) \
          SELECT n.id, n.created_seq, {XID}, {vals} FROM n \
          ON CONFLICT (node_id) DO UPDATE SET incarnation = EXCLUDED.incarnation, \
-           xid = EXCLUDED.xid, {assignments} \
+           xid = EXCLUDED.xid, version = h.version + 1, {assignments} \
          RETURNING {HEALTH_COLUMNS}, \
            coalesce(heartbeat_since = heartbeat_at, false) AS revived",
         cols = cols.join(", "),
@@ -938,27 +947,35 @@ impl Store for PostgresStore {
 
     async fn lead(&self) -> Result<bool, StoreError> {
         let mut guard = self.leader.lock().await;
+        if guard.as_ref().is_some_and(|l| l.in_flight) {
+            // A call was dropped mid-query (a timeout): the connection's
+            // state is unknown. Closing it frees the lock for whoever is next.
+            *guard = None;
+        }
         if let Some(leader) = guard.as_mut() {
+            leader.in_flight = true;
             let check = if leader.held {
                 sqlx::query_scalar::<_, DateTime<Utc>>("SELECT now()")
                     .fetch_one(&mut leader.conn)
                     .await
-                    .map(|_| true)
+                    .map(Some)
             } else {
-                try_lock(&mut leader.conn).await.map(|t| {
-                    if let Some(now) = t {
-                        leader.resume = now;
-                        true
-                    } else {
-                        false
-                    }
-                })
+                try_lock(&mut leader.conn).await
             };
+            leader.in_flight = false;
             match check {
-                Ok(held) => {
-                    leader.held = held;
-                    return Ok(held);
+                Ok(Some(now)) => {
+                    if !leader.held || now - leader.last_ok > STALL {
+                        // Taken now, or this replica could not reach the
+                        // database for a while (heartbeats could not be
+                        // stored either): expiry counts from now.
+                        leader.resume = now;
+                    }
+                    leader.held = true;
+                    leader.last_ok = now;
+                    return Ok(true);
                 }
+                Ok(None) => return Ok(false),
                 Err(e) => {
                     // The connection (and with it the lock) is gone.
                     *guard = None;
@@ -973,29 +990,52 @@ impl Store for PostgresStore {
                     StoreError::Unavailable("connecting to PostgreSQL timed out".into())
                 })??;
         let taken = try_lock(&mut conn).await?;
+        let now = taken.unwrap_or_else(Utc::now);
         *guard = Some(Leader {
             conn,
             held: taken.is_some(),
-            resume: taken.unwrap_or_else(Utc::now),
+            resume: now,
+            last_ok: now,
+            in_flight: false,
         });
         Ok(taken.is_some())
     }
 
     async fn expire(&self, ttl: Duration) -> Result<Vec<HealthRecord>, StoreError> {
         let mut guard = self.leader.lock().await;
-        let Some(leader) = guard.as_mut().filter(|l| l.held) else {
+        let Some(leader) = guard.as_mut().filter(|l| l.held && !l.in_flight) else {
             return Ok(Vec::new());
         };
-        let result = sqlx::query(&format!(
-            "UPDATE node_health SET expired_at = now(), xid = {XID} \
-             WHERE expired_at IS NULL AND heartbeat_at IS NOT NULL \
-               AND greatest(heartbeat_at, $1) < now() - make_interval(secs => $2) \
-             RETURNING {HEALTH_COLUMNS}"
-        ))
-        .bind(leader.resume)
-        .bind(ttl.as_secs_f64())
-        .fetch_all(&mut leader.conn)
+        // A stall (of the database, the network or this process) longer than
+        // a fraction of the TTL restarts the count: heartbeats could not be
+        // stored meanwhile. The statement re-checks it, in case the stall
+        // falls between this check and the update.
+        let gap = STALL.min(chrono::Duration::from_std(ttl / 2).unwrap_or(STALL));
+        leader.in_flight = true;
+        let result = async {
+            let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut leader.conn)
+                .await?;
+            if now - leader.last_ok > gap {
+                leader.resume = now;
+            }
+            leader.last_ok = now;
+            sqlx::query(&format!(
+                "UPDATE node_health SET expired_at = now(), version = version + 1, xid = {XID} \
+                 WHERE expired_at IS NULL AND heartbeat_at IS NOT NULL \
+                   AND greatest(heartbeat_at, $1) < now() - make_interval(secs => $2) \
+                   AND now() - $3 < make_interval(secs => $4) \
+                 RETURNING {HEALTH_COLUMNS}"
+            ))
+            .bind(leader.resume)
+            .bind(ttl.as_secs_f64())
+            .bind(now)
+            .bind(gap.num_milliseconds() as f64 / 1000.0)
+            .fetch_all(&mut leader.conn)
+            .await
+        }
         .await;
+        leader.in_flight = false;
         let rows = match result {
             Ok(rows) => rows,
             Err(e) => {
@@ -1107,7 +1147,13 @@ impl Store for PostgresStore {
     }
 
     async fn listen(&self) -> Result<Option<Box<dyn Listener>>, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        // A pool of its own: a listener stuck on a dead connection must not
+        // hold one of the pool's connections.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(self.options.clone());
+        let mut listener = PgListener::connect_with(&own).await?;
         listener
             .listen_all([CHANGES_CHANNEL, HEALTH_CHANNEL])
             .await?;
@@ -1126,6 +1172,10 @@ async fn get_node_after_lock(
         .await?;
     get_node(conn, id).await
 }
+
+/// A silence of the leader's connection longer than this restarts the
+/// expiry count (the judge checks in at least every second).
+const STALL: chrono::Duration = chrono::Duration::seconds(2);
 
 /// `Some(now)` when the leader lock was taken on this connection.
 async fn try_lock(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
