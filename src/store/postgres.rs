@@ -1007,10 +1007,13 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         // A stall (of the database, the network or this process) longer than
-        // a fraction of the TTL restarts the count: heartbeats could not be
+        // half the TTL (at least two of the judge's ticks) restarts the count: heartbeats could not be
         // stored meanwhile. The statement re-checks it, in case the stall
         // falls between this check and the update.
-        let gap = STALL.min(chrono::Duration::from_std(ttl / 2).unwrap_or(STALL));
+        let gap = chrono::Duration::from_std(
+            (ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap_or(STALL);
         leader.in_flight = true;
         let result = async {
             let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")

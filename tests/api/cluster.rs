@@ -640,14 +640,11 @@ async fn a_stall_longer_than_the_ttl_expires_nobody() {
 
     // Sessions stay open, nothing passes: the case a closed connection does
     // not show (the database's sessions, and the leader lock, survive it).
+    // Longer than the TTL (2 s), shorter than the store's time bound (4 s),
+    // so the judge's own session comes back with the lock still held.
     proxy.stall();
     let t = Instant::now();
-    let (status, _) = apps[0]
-        .admin_json(Method::POST, "/admin/nodes", Some(node_body("during")))
-        .await;
-    assert_eq!(status, 503);
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    while t.elapsed() < Duration::from_secs(5) {
+    while t.elapsed() < Duration::from_secs(3) {
         for app in &apps {
             assert_eq!(app.assignments(&users).await, before);
         }
@@ -693,7 +690,17 @@ async fn concurrent_read_modify_writes_on_every_replica_lose_no_update() {
         .admin_json(Method::POST, "/admin/nodes", Some(body))
         .await;
     assert_eq!(status, 201);
-    assert!(converge(&apps, None, Duration::from_secs(3)).await);
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                app.admin_json(Method::GET, "/admin/nodes/counter", None)
+                    .await
+                    .0
+                    == 200
+            })
+            .await
+        );
+    }
     // Each worker adds 1 to the weight 10 times: read (GET, its version),
     // write (PATCH with If-Match), retry on 412. Lost updates would leave
     // the weight below 30.
