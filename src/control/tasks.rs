@@ -291,7 +291,10 @@ async fn probes(ctl: Arc<Controller>) {
             .map(|t| (t.node.clone(), t.incarnation))
             .collect();
         tracker.retain(|id, inc| alive.contains(&(id.to_owned(), inc)));
-        let results = probe_round(targets, timeout, cfg.concurrency).await;
+        let results = tokio::select! {
+            _ = ctl.stopped() => return,
+            results = probe_round(targets, timeout, cfg.concurrency) => results,
+        };
         let verdicts: Vec<_> = results
             .into_iter()
             .filter_map(|(target, result)| {
