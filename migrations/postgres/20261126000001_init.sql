@@ -81,6 +81,14 @@ CREATE TABLE node_health (
     xid             BIGINT NOT NULL
 ) WITH (fillfactor = 70);
 
+-- The replica that judges expiry and runs probes holds an advisory lock and
+-- renews this lease; a holder whose lease ran out is ended by the next one.
+CREATE TABLE leader_lease (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    pid        INTEGER NOT NULL,
+    renewed_at TIMESTAMPTZ NOT NULL
+);
+
 CREATE TABLE replicas (
     id         TEXT PRIMARY KEY,
     addr       TEXT NOT NULL,

@@ -955,10 +955,7 @@ impl Store for PostgresStore {
         if let Some(leader) = guard.as_mut() {
             leader.in_flight = true;
             let check = if leader.held {
-                sqlx::query_scalar::<_, DateTime<Utc>>("SELECT now()")
-                    .fetch_one(&mut leader.conn)
-                    .await
-                    .map(Some)
+                renew(&mut leader.conn).await.map(Some)
             } else {
                 try_lock(&mut leader.conn).await
             };
@@ -1180,13 +1177,53 @@ async fn get_node_after_lock(
 /// expiry count (the judge checks in at least every second).
 const STALL: chrono::Duration = chrono::Duration::seconds(2);
 
-/// `Some(now)` when the leader lock was taken on this connection.
+/// How long the leader's lease lasts without renewal. A leader that stops
+/// renewing (frozen, or cut off from the database while its session lives
+/// on) has its session terminated by the next replica that wants the lock.
+const LEASE_SECS: f64 = 5.0;
+
+/// Records (or renews) this session as the leader; the database's clock.
+async fn renew(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO leader_lease (id, pid, renewed_at) VALUES (1, pg_backend_pid(), now()) \
+         ON CONFLICT (id) DO UPDATE SET pid = EXCLUDED.pid, renewed_at = EXCLUDED.renewed_at \
+         RETURNING renewed_at",
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// `Some(now)` when the leader lock was taken on this connection. When it is
+/// held by a session whose lease ran out, that session is terminated, so the
+/// lock is free at the next try.
 async fn try_lock(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let row = sqlx::query("SELECT pg_try_advisory_lock($1, $2), now()")
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(LEADER_LOCK.0)
         .bind(LEADER_LOCK.1)
         .fetch_one(&mut *conn)
         .await?;
-    let taken: bool = row.try_get(0)?;
-    taken.then(|| row.try_get(1)).transpose()
+    if taken {
+        return renew(conn).await.map(Some);
+    }
+    // Only the session that holds the lock (never an unrelated backend that
+    // was given a dead leader's process id).
+    let stale: Option<i32> = sqlx::query_scalar(
+        "SELECT l.pid FROM leader_lease l JOIN pg_locks k ON k.pid = l.pid \
+         WHERE l.id = 1 AND l.renewed_at < now() - make_interval(secs => $3) \
+           AND k.locktype = 'advisory' AND k.granted \
+           AND k.classid = $1::int::oid AND k.objid = $2::int::oid AND k.objsubid = 2",
+    )
+    .bind(LEADER_LOCK.0)
+    .bind(LEADER_LOCK.1)
+    .bind(LEASE_SECS)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(pid) = stale {
+        tracing::warn!(pid, "The leader stopped renewing its lease; ending its session");
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(None)
 }

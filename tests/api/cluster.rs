@@ -753,3 +753,55 @@ async fn beat(app: &TestApp, id: &str) -> u16 {
         .await
         .0
 }
+
+#[tokio::test]
+async fn a_frozen_leader_loses_its_lease_and_expiry_goes_on() {
+    let Some(db) = TestDb::create("frozen_leader").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let child = Process::start(
+        dir.path(),
+        &[
+            ("IMROUTE_DATABASE_URL", db.url.clone()),
+            ("IMROUTE_REPLICA_ID", "frozen".into()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    assert!(eventually(Duration::from_secs(5), || async {
+        client
+            .get(format!("{}/metrics", child.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("imroute_leader 1")
+    })
+    .await);
+    let apps = replicas(&db.url, 2, |_, c| c.health.heartbeat_ttl_secs = 1).await;
+    apps[0].add_node("a", json!({})).await;
+    assert_eq!(beat(&apps[1], "a").await, 204);
+    // Frozen, not dead: its session (and the advisory lock) lives on.
+    let pid = child.child.id().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let frozen = Instant::now();
+    let taken = eventually(Duration::from_secs(15), || async {
+        let (_, n) = apps[0].admin_json(Method::GET, "/admin/nodes/a", None).await;
+        n["health"]["status"] == "unhealthy"
+    })
+    .await;
+    signal("-CONT");
+    assert!(taken, "another replica took the lease and judged the expiry");
+    println!("expiry judged {:?} after the leader froze", frozen.elapsed());
+    let m = format!("{}{}", apps[0].metrics().await, apps[1].metrics().await);
+    assert!(m.contains("imroute_leader 1"), "{m}");
+    drop(child);
+}
