@@ -127,9 +127,10 @@ impl Application {
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await;
         self.state.ctl.stop();
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        // Tasks stop at their next step; one stuck on an unreachable store is
+        // not waited for past a few seconds.
+        let tasks = futures_util::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks).await;
         self.state.ctl.leave().await;
         tracing::info!("Stopped");
         result

@@ -53,6 +53,8 @@ pub struct Limits {
     pub max_batch: usize,
     pub max_uid_bytes: usize,
     pub max_body_bytes: usize,
+    /// The largest overrides file read; a larger one is an error.
+    pub max_overrides_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,7 @@ impl Default for Limits {
             max_batch: 10_000,
             max_uid_bytes: 256,
             max_body_bytes: 4 * 1024 * 1024,
+            max_overrides_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -240,9 +243,13 @@ impl Config {
             }
         }
         let l = &self.limits;
-        if l.max_batch == 0 || l.max_uid_bytes == 0 || l.max_body_bytes < 2 {
+        if l.max_batch == 0
+            || l.max_uid_bytes == 0
+            || l.max_body_bytes < 2
+            || l.max_overrides_bytes == 0
+        {
             return Err(
-                "limits: max_batch, max_uid_bytes and max_body_bytes must be positive".into(),
+                "limits: max_batch, max_uid_bytes, max_body_bytes and max_overrides_bytes must be positive".into(),
             );
         }
         let h = &self.health;

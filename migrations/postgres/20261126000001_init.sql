@@ -45,6 +45,16 @@ VALUES ('default', 'hash', '{}', 1,
         to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
         to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 0);
 
+-- The last version of deleted nodes and strategies, so one created later
+-- under the same name continues from it (If-Match never matches across).
+CREATE TABLE retired (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    version    BIGINT NOT NULL,
+    retired_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+
 CREATE TABLE changes (
     seq  BIGINT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -103,5 +113,6 @@ CREATE TABLE replica_overrides (
     content    TEXT NOT NULL,
     revision   TEXT NOT NULL,
     refs       JSONB NOT NULL,
-    loaded_at  TEXT NOT NULL
+    loaded_at  TEXT NOT NULL,
+    active_strategy TEXT
 );

@@ -30,3 +30,13 @@ CREATE TABLE replica_overrides (
     refs       TEXT NOT NULL,
     loaded_at  TEXT NOT NULL
 ) STRICT;
+
+-- The last version of deleted nodes and strategies, so one created later
+-- under the same name continues from it (If-Match never matches across).
+CREATE TABLE retired (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    retired_at TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) STRICT;

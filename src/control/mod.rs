@@ -336,6 +336,8 @@ impl Inputs {
 
 /// Per-node metric series, kept in step with the node set by `rebuild`.
 struct NodeSeries {
+    /// The node incarnation the series count for.
+    incarnation: i64,
     routed: IntCounter,
     healthy: IntGauge,
     connections: IntGauge,
@@ -359,6 +361,8 @@ pub struct Controller {
     rebuild_turn: tokio::sync::Mutex<()>,
     rebuilds_requested: AtomicU64,
     rebuilds_done: AtomicU64,
+    /// One overrides reload at a time.
+    reload: tokio::sync::Mutex<()>,
     /// Serialises this process's admin writes and overrides reloads.
     write: tokio::sync::Mutex<()>,
     overrides_status: ArcSwap<OverridesStatus>,
@@ -408,6 +412,7 @@ impl Controller {
             inputs: Mutex::new(Inputs::from_stored(stored.unwrap_or_default())),
             series: Mutex::new(Series::default()),
             rebuild_turn: tokio::sync::Mutex::new(()),
+            reload: tokio::sync::Mutex::new(()),
             rebuilds_requested: AtomicU64::new(0),
             rebuilds_done: AtomicU64::new(0),
             write: tokio::sync::Mutex::new(()),
@@ -580,12 +585,17 @@ impl Controller {
         // Per-node series: created for new nodes, updated in place, removed
         // for nodes that are gone, so a scrape never sees a live node's
         // series missing and a deleted node leaves none behind.
-        let current: HashSet<&str> = nodes.iter().map(|n| n.spec.id.as_str()).collect();
         // Held only for the series update: a heartbeat takes it to set its
         // node's gauge, and must not wait for a whole table build.
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.nodes.retain(|id, _| {
-            let keep = current.contains(id.as_str());
+        let incarnations: HashMap<&str, i64> = nodes
+            .iter()
+            .map(|n| (n.spec.id.as_str(), n.incarnation()))
+            .collect();
+        series.nodes.retain(|id, s| {
+            // A node deleted and created again (even if this process never
+            // saw it gone) starts with fresh series.
+            let keep = incarnations.get(id.as_str()) == Some(&s.incarnation);
             if !keep {
                 m.users_routed.remove_label_values(&[id]).ok();
                 m.node_healthy.remove_label_values(&[id]).ok();
@@ -597,6 +607,7 @@ impl Controller {
             let id = n.spec.id.as_str();
             let s = series.nodes.entry(id.to_owned()).or_insert_with(|| {
                 let s = NodeSeries {
+                    incarnation: n.incarnation(),
                     routed: m.users_routed.with_label_values(&[id]),
                     healthy: m.node_healthy.with_label_values(&[id]),
                     connections: m.node_connections.with_label_values(&[id]),
@@ -1145,7 +1156,9 @@ impl Controller {
             .collect();
         replicas.push(me);
         replicas.sort_by(|a, b| a.id.cmp(&b.id));
-        let converged = replicas.windows(2).all(|w| w[0].revision == w[1].revision);
+        // During an outage the others' revisions are unknown: not converged.
+        let converged =
+            self.store_up() && replicas.windows(2).all(|w| w[0].revision == w[1].revision);
         ClusterView {
             store_kind: self.store.kind(),
             store_up: self.store_up(),
@@ -1235,31 +1248,31 @@ impl Controller {
     }
 
     async fn reload_inner(self: &Arc<Self>, actor: &Actor, startup: bool) -> Result<(), String> {
-        let _w = self.write.lock().await;
+        // Reloads one at a time; reading and parsing happen before the write
+        // lock, so a slow file never holds up admin writes.
+        let _reload = self.reload.lock().await;
         let path = self.overrides_status().path.clone();
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return self.reload_failed(format!("cannot read the file: {}", e.kind())),
+        let max = self.limits.max_overrides_bytes;
+        // Reading (the path may lead to anything) and parsing (a large file
+        // takes a while) run on a blocking thread, never on an async worker.
+        let read = tokio::task::spawn_blocking(move || {
+            let bytes = overrides::file::read(&path, max).map_err(|e| e.to_string())?;
+            let Some(bytes) = bytes else {
+                return Ok((Overrides::default(), String::new(), String::new()));
+            };
+            let revision = format!("{:016x}", xxh3_64(&bytes));
+            let text = String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8")?;
+            let parsed = overrides::parse(&text)?;
+            Ok::<_, String>((parsed, revision, text))
+        })
+        .await
+        .map_err(|_| "internal error".to_string())?;
+        let (parsed, revision, content) = match read {
+            Ok(read) => read,
+            Err(e) => return self.reload_failed(e),
         };
-        let (parsed, revision, content) = match bytes {
-            None => (Overrides::default(), String::new(), String::new()),
-            Some(bytes) => {
-                let revision = format!("{:016x}", xxh3_64(&bytes));
-                let Ok(text) = String::from_utf8(bytes) else {
-                    return self.reload_failed("file is not valid UTF-8".into());
-                };
-                // Parsing a large file takes a while: not on an async worker.
-                let parsed =
-                    tokio::task::spawn_blocking(move || overrides::parse(&text).map(|p| (p, text)))
-                        .await
-                        .map_err(|_| "internal error".to_string())?;
-                match parsed {
-                    Ok((parsed, text)) => (parsed, revision, text),
-                    Err(e) => return self.reload_failed(e),
-                }
-            }
-        };
+        let path = self.overrides_status().path.clone();
+        let _w = self.write.lock().await;
         let stored = self.lock_inputs().stored();
         if let Err(e) = parsed.validate(Some(&stored), self.limits.max_uid_bytes) {
             return self.reload_failed(e);
@@ -1274,6 +1287,7 @@ impl Controller {
             content,
             revision: revision.clone(),
             refs: parsed.referenced_nodes(),
+            active_strategy: parsed.active_strategy.clone(),
             loaded_at: now.clone(),
         };
         self.save_overrides(saved, actor).await;

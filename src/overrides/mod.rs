@@ -1,5 +1,6 @@
 //! Operator overrides: the YAML model (pure) and the file watcher.
 
+pub mod file;
 pub mod model;
 pub mod watcher;
 
@@ -15,18 +16,33 @@ use crate::{
 /// checked when the database exists; otherwise only the file itself is.
 pub async fn check_file(config: &Config) -> Result<String, String> {
     let path = &config.overrides_path;
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(format!("no overrides file at {}", path.display()))
-        }
+    let text = match file::read(path, config.limits.max_overrides_bytes) {
+        Ok(Some(bytes)) => String::from_utf8(bytes)
+            .map_err(|_| format!("{}: file is not valid UTF-8", path.display()))?,
+        Ok(None) => return Ok(format!("no overrides file at {}", path.display())),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let parsed = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let stored = if is_postgres_url(&config.database_url) {
-        match PostgresStore::connect_only(&config.database_url).await {
-            Ok(store) => store.load().await.ok(),
-            Err(_) => None,
+        // A shared database is expected to exist: not reaching it is an
+        // error, not a reason to check less.
+        let load = async {
+            PostgresStore::connect_only(&config.database_url)
+                .await?
+                .load()
+                .await
+        };
+        match load.await {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                let mut msg = format!("cannot check against the database: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    msg.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                return Err(msg);
+            }
         }
     } else {
         match SqliteStore::open_read_only(&config.database_url).await {

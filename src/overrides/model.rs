@@ -126,8 +126,12 @@ impl EffectiveNode {
 }
 
 /// Parses a file's text. An empty file (or only comments) means no overrides.
+/// Errors name the place (key path, line) but quote nothing of the file
+/// beyond the words of the format itself.
 pub fn parse(text: &str) -> Result<Overrides, String> {
-    let parsed: Option<Overrides> = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    super::file::check_nesting(text)?;
+    let parsed: Option<Overrides> =
+        serde_yaml::from_str(text).map_err(|e| super::file::sanitize(&e.to_string()))?;
     Ok(parsed.unwrap_or_default())
 }
 
@@ -297,6 +301,13 @@ mod tests {
     fn an_empty_file_means_no_overrides_and_errors_name_the_place() {
         assert_eq!(parse("# nothing\n").unwrap(), Overrides::default());
         let err = parse("nodes:\n  gw-1:\n    wieght: 1\n").unwrap_err();
-        assert!(err.contains("wieght") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("nodes.gw-1") && err.contains("line 3"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("wieght"),
+            "the file's words are not quoted: {err}"
+        );
     }
 }

@@ -98,12 +98,16 @@ enum Fingerprint {
 }
 
 impl Fingerprint {
-    /// Reads the file (through symlinks) and hashes it.
-    async fn of(path: &Path) -> Fingerprint {
-        match tokio::fs::read(path).await {
-            Ok(bytes) => Fingerprint::Content(xxh3_64(&bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Fingerprint::Absent,
-            Err(e) => Fingerprint::Unreadable(e.kind()),
+    /// Reads the file (through symlinks; only a regular file, within the
+    /// size limit) on a blocking thread and hashes it.
+    async fn of(path: &Path, max: u64) -> Fingerprint {
+        let path = path.to_owned();
+        let read = tokio::task::spawn_blocking(move || super::file::read(&path, max)).await;
+        match read {
+            Ok(Ok(Some(bytes))) => Fingerprint::Content(xxh3_64(&bytes)),
+            Ok(Ok(None)) => Fingerprint::Absent,
+            Ok(Err(super::file::ReadError::Io(kind))) => Fingerprint::Unreadable(kind),
+            Ok(Err(_)) | Err(_) => Fingerprint::Unreadable(std::io::ErrorKind::InvalidData),
         }
     }
 
@@ -252,7 +256,9 @@ impl Watch {
         // failed load at start left no record of what it read: take the
         // content now as that attempt rather than log and count it again.
         if self.ctl.overrides_status().error.is_some() {
-            self.last = LastSeen(Some(Fingerprint::of(&self.path).await));
+            self.last = LastSeen(Some(
+                Fingerprint::of(&self.path, self.ctl.limits.max_overrides_bytes).await,
+            ));
         }
         // The first tick is at once: a change between the load at start (or
         // a crash of the previous run) and the watch being set is seen now.
@@ -290,7 +296,7 @@ impl Watch {
     /// reads the file again itself (and parses it on a blocking thread): a
     /// change in between is seen next time.
     async fn reload_if_changed(&mut self) {
-        let now = Fingerprint::of(&self.path).await;
+        let now = Fingerprint::of(&self.path, self.ctl.limits.max_overrides_bytes).await;
         if self.last.needs_reload(now, &self.ctl.overrides_status()) {
             let _ = self
                 .ctl

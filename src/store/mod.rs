@@ -92,6 +92,8 @@ pub struct SavedOverrides {
     pub revision: String,
     /// Node ids the file patches or pins (a delete of those is refused).
     pub refs: Vec<String>,
+    /// The strategy the file makes active (a delete of it is refused).
+    pub active_strategy: Option<String>,
     pub loaded_at: String,
 }
 
@@ -226,6 +228,12 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
+        // All pooled connections busy: this request waited too long, but
+        // the database may well be up (the change feed's own check, on a
+        // connection of its own, decides that).
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            return StoreError::Busy(Box::new(err));
+        }
         if let sqlx::Error::Database(db) = &err {
             // 57014: statement timeout; 55P03: lock timeout.
             if db.code().is_some_and(|c| c == "57014" || c == "55P03") {
@@ -235,7 +243,6 @@ impl From<sqlx::Error> for StoreError {
         let unavailable = match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_) => true,

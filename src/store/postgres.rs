@@ -67,6 +67,9 @@ pub struct PostgresStore {
     /// waiting for the disk (a crash of the database loses at most the last
     /// fraction of a second of them; the next heartbeat restores it).
     soft: PgPool,
+    /// One connection for the change counter check, which tells whether
+    /// the database answers: never queued behind busy requests.
+    check: PgPool,
     options: PgConnectOptions,
     leader: tokio::sync::Mutex<Option<Leader>>,
     migrated: tokio::sync::OnceCell<()>,
@@ -108,9 +111,15 @@ impl PostgresStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let check = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.clone());
         let store = Self {
             pool,
             soft,
+            check,
             options,
             leader: tokio::sync::Mutex::new(None),
             migrated: tokio::sync::OnceCell::new(),
@@ -163,6 +172,7 @@ impl PostgresStore {
             .await?;
         Ok(Self {
             soft: pool.clone(),
+            check: pool.clone(),
             pool,
             options,
             leader: tokio::sync::Mutex::new(None),
@@ -261,6 +271,41 @@ async fn bump(conn: &mut PgConnection, kind: &str, key: &str) -> Result<i64, Sto
     Ok(seq)
 }
 
+/// The version a new entity starts from: one past the last version of an
+/// earlier entity of the same name, so `If-Match` with a version of a
+/// deleted node never matches the node created after it under its id.
+async fn first_version(conn: &mut PgConnection, kind: &str, key: &str) -> Result<i64, StoreError> {
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM retired WHERE kind = $1 AND key = $2")
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(last.unwrap_or(0) + 1)
+}
+
+/// Remembers the last version of a deleted entity (for 30 days).
+async fn retire(
+    conn: &mut PgConnection,
+    kind: &str,
+    key: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO retired (kind, key, version, retired_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (kind, key) DO UPDATE SET version = EXCLUDED.version, retired_at = EXCLUDED.retired_at",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM retired WHERE retired_at < now() - interval '30 days'")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn insert_audit(
     conn: &mut PgConnection,
     action: &str,
@@ -291,9 +336,13 @@ async fn write_node(
 ) -> Result<NodeRecord, StoreError> {
     let seq = bump(conn, "node", &spec.id).await?;
     let now = now_rfc3339();
+    let version = match previous {
+        Some(p) => p.version + 1,
+        None => first_version(conn, "node", &spec.id).await?,
+    };
     let record = NodeRecord {
         spec: spec.clone(),
-        version: previous.map_or(1, |p| p.version + 1),
+        version,
         created_at: previous.map_or_else(|| now.clone(), |p| p.created_at.clone()),
         updated_at: now,
         seq,
@@ -450,11 +499,14 @@ impl Store for PostgresStore {
 
     async fn head(&self) -> Result<i64, StoreError> {
         self.migrated().await?;
-        Ok(
-            sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        sqlx::query_scalar("SELECT change_seq FROM cluster_state WHERE id = 1")
+            .fetch_one(&self.check)
+            .await
+            .map_err(|e| match e {
+                // Its own connection timing out: the database does not answer.
+                sqlx::Error::PoolTimedOut => StoreError::Unavailable(Box::new(e)),
+                other => other.into(),
+            })
     }
 
     async fn changes_since(&self, after: i64) -> Result<Changes, StoreError> {
@@ -670,6 +722,7 @@ impl Store for PostgresStore {
             )));
         }
         let seq = bump(&mut tx, "node", id).await?;
+        retire(&mut tx, "node", id, previous.version).await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -707,11 +760,15 @@ impl Store for PostgresStore {
         let previous = get_strategy(&mut tx, name).await?;
         check_version(expected, previous.as_ref().map(|p| p.version))?;
         let now = now_rfc3339();
+        let version = match &previous {
+            Some(p) => p.version + 1,
+            None => first_version(&mut tx, "strategy", name).await?,
+        };
         let record = StrategyRecord {
             name: name.into(),
             kind: kind.into(),
             params: params.clone(),
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            version,
             created_at: previous
                 .as_ref()
                 .map_or_else(|| now.clone(), |p| p.created_at.clone()),
@@ -763,6 +820,21 @@ impl Store for PostgresStore {
                 "strategy {name} is the active strategy; switch to another one first"
             )));
         }
+        let activating: Vec<String> = sqlx::query_scalar(
+            "SELECT o.replica_id FROM replica_overrides o JOIN replicas r ON r.id = o.replica_id \
+             WHERE r.last_seen > now() - interval '5 seconds' AND o.active_strategy = $1 \
+             ORDER BY o.replica_id",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !activating.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "strategy {name} is made active by the overrides file of replica {}; change it there first",
+                activating.join(", ")
+            )));
+        }
+        retire(&mut tx, "strategy", name, previous.version).await?;
         sqlx::query("DELETE FROM strategies WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -842,9 +914,11 @@ impl Store for PostgresStore {
         let refs =
             serde_json::to_value(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
         sqlx::query(
-            "INSERT INTO replica_overrides (replica_id, content, revision, refs, loaded_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica_id) DO UPDATE SET \
+            "INSERT INTO replica_overrides \
+             (replica_id, content, revision, refs, loaded_at, active_strategy) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (replica_id) DO UPDATE SET \
              content = EXCLUDED.content, revision = EXCLUDED.revision, refs = EXCLUDED.refs, \
+             active_strategy = EXCLUDED.active_strategy, \
              loaded_at = EXCLUDED.loaded_at",
         )
         .bind(replica)
@@ -852,6 +926,7 @@ impl Store for PostgresStore {
         .bind(&saved.revision)
         .bind(refs)
         .bind(&saved.loaded_at)
+        .bind(&saved.active_strategy)
         .execute(&mut *tx)
         .await?;
         if previous_revision != Some(saved.revision.as_str()) {
@@ -873,7 +948,8 @@ impl Store for PostgresStore {
 
     async fn load_overrides(&self, replica: &str) -> Result<Option<SavedOverrides>, StoreError> {
         let row = sqlx::query(
-            "SELECT content, revision, refs, loaded_at FROM replica_overrides WHERE replica_id = $1",
+            "SELECT content, revision, refs, loaded_at, active_strategy FROM replica_overrides \
+             WHERE replica_id = $1",
         )
         .bind(replica)
         .fetch_optional(&self.pool)
@@ -884,6 +960,7 @@ impl Store for PostgresStore {
                 content: row.try_get("content")?,
                 revision: row.try_get("revision")?,
                 refs: serde_json::from_value(refs).unwrap_or_default(),
+                active_strategy: row.try_get("active_strategy")?,
                 loaded_at: row.try_get("loaded_at")?,
             })
         })
@@ -1219,7 +1296,10 @@ async fn try_lock(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(pid) = stale {
-        tracing::warn!(pid, "The leader stopped renewing its lease; ending its session");
+        tracing::warn!(
+            pid,
+            "The leader stopped renewing its lease; ending its session"
+        );
         sqlx::query("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .execute(&mut *conn)

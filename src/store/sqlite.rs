@@ -146,6 +146,47 @@ async fn bump(conn: &mut SqliteConnection, kind: &str, key: &str) -> Result<i64,
     Ok(seq)
 }
 
+/// The version a new entity starts from: one past the last version of an
+/// earlier entity of the same name, so `If-Match` with a version of a
+/// deleted node never matches the node created after it under its id.
+async fn first_version(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+) -> Result<i64, StoreError> {
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM retired WHERE kind = ? AND key = ?")
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(last.unwrap_or(0) + 1)
+}
+
+/// Remembers the last version of a deleted entity (for 30 days).
+async fn retire(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO retired (kind, key, version, retired_at) VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+         ON CONFLICT (kind, key) DO UPDATE SET version = EXCLUDED.version, retired_at = EXCLUDED.retired_at",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM retired WHERE retired_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days')",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn insert_audit(
     conn: &mut SqliteConnection,
     action: &str,
@@ -175,9 +216,13 @@ async fn write_node(
 ) -> Result<NodeRecord, StoreError> {
     let seq = bump(conn, "node", &spec.id).await?;
     let now = now_rfc3339();
+    let version = match previous {
+        Some(p) => p.version + 1,
+        None => first_version(conn, "node", &spec.id).await?,
+    };
     let record = NodeRecord {
         spec: spec.clone(),
-        version: previous.map_or(1, |p| p.version + 1),
+        version,
         created_at: previous.map_or_else(|| now.clone(), |p| p.created_at.clone()),
         updated_at: now,
         seq,
@@ -430,6 +475,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         check_version(expected, Some(previous.version))?;
         let seq = bump(&mut tx, "node", id).await?;
+        retire(&mut tx, "node", id, previous.version).await?;
         sqlx::query("DELETE FROM nodes WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -464,11 +510,15 @@ impl Store for SqliteStore {
         check_version(expected, previous.as_ref().map(|p| p.version))?;
         let seq = bump(&mut tx, "strategy", name).await?;
         let now = now_rfc3339();
+        let version = match &previous {
+            Some(p) => p.version + 1,
+            None => first_version(&mut tx, "strategy", name).await?,
+        };
         let record = StrategyRecord {
             name: name.into(),
             kind: kind.into(),
             params: params.clone(),
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            version,
             created_at: previous
                 .as_ref()
                 .map_or_else(|| now.clone(), |p| p.created_at.clone()),
@@ -517,6 +567,7 @@ impl Store for SqliteStore {
             )));
         }
         let seq = bump(&mut tx, "strategy", name).await?;
+        retire(&mut tx, "strategy", name, previous.version).await?;
         sqlx::query("DELETE FROM strategies WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
@@ -636,6 +687,7 @@ impl Store for SqliteStore {
                 content: row.try_get("content")?,
                 revision: row.try_get("revision")?,
                 refs: serde_json::from_str(&refs).unwrap_or_default(),
+                active_strategy: None,
                 loaded_at: row.try_get("loaded_at")?,
             })
         })

@@ -401,11 +401,19 @@ async fn a_store_outage_changes_no_answer_and_writes_fail_fast_then_everything_c
         assert_eq!(s, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(apps[0].metrics().await.contains("imroute_store_up 0"));
-    let (_, c) = apps[0]
-        .admin_json(Method::GET, "/admin/cluster", None)
-        .await;
-    assert_eq!(c["store"]["up"], false);
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                app.metrics().await.contains("imroute_store_up 0")
+            })
+            .await
+        );
+        let (_, c) = app.admin_json(Method::GET, "/admin/cluster", None).await;
+        assert_eq!(
+            (&c["store"]["up"], &c["converged"]),
+            (&json!(false), &json!(false))
+        );
+    }
 
     proxy.restore();
     // Keep the nodes alive as they would be.
@@ -768,18 +776,20 @@ async fn a_frozen_leader_loses_its_lease_and_expiry_goes_on() {
         ],
     );
     let client = reqwest::Client::new();
-    assert!(eventually(Duration::from_secs(5), || async {
-        client
-            .get(format!("{}/metrics", child.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .contains("imroute_leader 1")
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            client
+                .get(format!("{}/metrics", child.addr))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("imroute_leader 1")
+        })
+        .await
+    );
     let apps = replicas(&db.url, 2, |_, c| c.health.heartbeat_ttl_secs = 1).await;
     apps[0].add_node("a", json!({})).await;
     assert_eq!(beat(&apps[1], "a").await, 204);
@@ -794,13 +804,21 @@ async fn a_frozen_leader_loses_its_lease_and_expiry_goes_on() {
     assert!(signal("-STOP").success());
     let frozen = Instant::now();
     let taken = eventually(Duration::from_secs(15), || async {
-        let (_, n) = apps[0].admin_json(Method::GET, "/admin/nodes/a", None).await;
+        let (_, n) = apps[0]
+            .admin_json(Method::GET, "/admin/nodes/a", None)
+            .await;
         n["health"]["status"] == "unhealthy"
     })
     .await;
     signal("-CONT");
-    assert!(taken, "another replica took the lease and judged the expiry");
-    println!("expiry judged {:?} after the leader froze", frozen.elapsed());
+    assert!(
+        taken,
+        "another replica took the lease and judged the expiry"
+    );
+    println!(
+        "expiry judged {:?} after the leader froze",
+        frozen.elapsed()
+    );
     let m = format!("{}{}", apps[0].metrics().await, apps[1].metrics().await);
     assert!(m.contains("imroute_leader 1"), "{m}");
     drop(child);

@@ -123,8 +123,15 @@ async fn an_invalid_file_changes_nothing_until_it_is_fixed() {
 
     let bad_files = [
         ("pins:\n  vip: gw-7\n", "pins.vip: unknown node"),
-        ("pinz:\n  vip: gw-1\n", "unknown field `pinz`"),
-        ("nodes:\n  gw-1: {wieght: 3}\n", "unknown field `wieght`"),
+        // The place is named; the file's own words are not quoted back.
+        (
+            "pinz:\n  vip: gw-1\n",
+            "unknown field `…`, expected one of `active_strategy`",
+        ),
+        (
+            "nodes:\n  gw-1: {wieght: 3}\n",
+            "nodes.gw-1: unknown field `…`",
+        ),
         (
             "nodes:\n  gw-1: {external: {tcp_addr: nope}}\n",
             "nodes.gw-1.external.tcp_addr",
@@ -765,4 +772,75 @@ async fn the_last_good_overrides_survive_a_restart_with_an_invalid_file() {
     assert_eq!(node_of(&app, "vip").await, pinned, "the pin still routes");
     let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
     assert_eq!(routing["pins"], 1);
+}
+
+#[tokio::test]
+async fn hostile_files_are_refused_quickly_without_quoting_them_and_writes_go_on() {
+    let app = spawn_app_with(|c| c.limits.max_overrides_bytes = 64 * 1024).await;
+    app.add_node("gw-1", json!({})).await;
+    let path = app.overrides_path();
+    let dir = path.parent().unwrap().to_owned();
+    let reload = || async {
+        let t = std::time::Instant::now();
+        let (status, body) = app
+            .admin_json(Method::POST, "/admin/overrides/reload", None)
+            .await;
+        (status, body, t.elapsed())
+    };
+    // A "secret" behind a symlink: its content never comes back.
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "root:SECRET-HASH-42:20228:0:99999:7:::\n").unwrap();
+    std::os::unix::fs::symlink(&secret, &path).unwrap();
+    let (status, body, _) = reload().await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains("SECRET-HASH-42"), "{body}");
+    let (_, shown) = app.admin_json(Method::GET, "/admin/overrides", None).await;
+    assert!(!shown.to_string().contains("SECRET-HASH-42"), "{shown}");
+    std::fs::remove_file(&path).unwrap();
+
+    // A FIFO would block a reader forever.
+    let fifo = dir.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink(&fifo, &path).unwrap();
+    let (status, body, took) = reload().await;
+    assert_eq!(status, 400);
+    assert!(
+        body["msg"].as_str().unwrap().contains("not a regular file"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    std::fs::remove_file(&path).unwrap();
+
+    // Too large, and too deeply nested.
+    std::fs::write(&path, format!("pins:\n{}", "  x: gw-1\n".repeat(10_000))).unwrap();
+    let (status, body, _) = reload().await;
+    assert_eq!(status, 400);
+    assert!(
+        body["msg"]
+            .as_str()
+            .unwrap()
+            .contains("max_overrides_bytes"),
+        "{body}"
+    );
+    std::fs::write(
+        &path,
+        format!("pins: {}{}\n", "[".repeat(5000), "]".repeat(5000)),
+    )
+    .unwrap();
+    let (status, body, took) = reload().await;
+    assert_eq!(status, 400);
+    assert!(
+        body["msg"].as_str().unwrap().contains("nested deeper"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Admin writes were never held up, and still work.
+    let t = std::time::Instant::now();
+    app.add_node("gw-2", json!({})).await;
+    assert!(t.elapsed() < Duration::from_secs(2));
 }

@@ -109,6 +109,14 @@ async fn versions_and_if_match_are_checked_in_the_transaction(store: Arc<dyn Sto
     store.delete_node("gw-1", Some(3), "me", &a).await.unwrap();
     let stored = store.load().await.unwrap();
     assert!(stored.nodes.is_empty());
+    // Created again under the same id: versions go on, so an If-Match that
+    // was meant for the deleted node never matches the new one.
+    let again = store.create_node(&spec("gw-1"), &a).await.unwrap();
+    assert_eq!(again.value.version, 4);
+    assert!(matches!(
+        store.put_node(&spec("gw-1"), Some(1), &a).await,
+        Err(StoreError::VersionMismatch { current: 4 })
+    ));
 }
 
 async fn every_write_bumps_the_change_counter_and_the_feed_names_what_changed(
@@ -312,6 +320,7 @@ async fn the_last_good_overrides_are_kept_with_one_audit_row_per_revision(store:
         content: "pins: {vip: a}\n".into(),
         revision: "abc".into(),
         refs: vec!["a".into()],
+        active_strategy: None,
         loaded_at: "2026-01-01T00:00:00.000Z".into(),
     };
     store
