@@ -19,6 +19,7 @@ pub struct Metrics {
     pub overrides_last_success: IntGauge,
     pub overrides_revision: IntGaugeVec,
     pub table_rebuilds: IntCounter,
+    pub table_build_seconds: Histogram,
     pub routable_nodes: IntGauge,
     pub store_up: IntGauge,
     pub leader: IntGauge,
@@ -165,6 +166,15 @@ impl Metrics {
             table_rebuilds: reg!(IntCounter::new(
                 "imroute_routing_table_rebuilds_total",
                 "Routing tables built and swapped in."
+            )),
+            table_build_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "imroute_routing_table_build_seconds",
+                    "Time to build a routing table and admin view from the inputs."
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
+                ])
             )),
             routable_nodes: reg!(IntGauge::new(
                 "imroute_routable_nodes",

@@ -514,6 +514,7 @@ impl Controller {
 
     /// Builds a table and view from the current inputs and swaps them in.
     pub fn rebuild(&self) {
+        let started = std::time::Instant::now();
         let (nodes, strategies, active_db, file) = {
             let inputs = self.lock_inputs();
             (
@@ -631,6 +632,8 @@ impl Controller {
             .collect();
         self.health.retain(|id| alive.get(id).copied());
 
+        m.table_build_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(revision = table.revision(), "Routing table rebuilt");
         self.snapshot.store(Arc::new(Snapshot {
             table,
