@@ -16,7 +16,7 @@ use imroute::{
 use serde_json::json;
 
 fn table(kind: &str, n: usize, weight: impl Fn(usize) -> u16) -> Table {
-    let nodes = (0..n)
+    let nodes: Vec<NodeInput> = (0..n)
         .map(|i| NodeInput {
             id: format!("gw-{i:04}"),
             region: Some(["eu", "us", "ap"][i % 3].into()),
@@ -31,16 +31,16 @@ fn table(kind: &str, n: usize, weight: impl Fn(usize) -> u16) -> Table {
             intranet: Addrs::default(),
         })
         .collect();
-    Table::build(&TableInput {
-        nodes,
-        strategy: StrategyInput {
+    Table::build(&TableInput::prepare(
+        &nodes,
+        StrategyInput {
             name: "bench".into(),
             kind: kind.into(),
             params: json!({}),
         },
-        pins: BTreeMap::new(),
-        user_regions: BTreeMap::new(),
-    })
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    ))
 }
 
 fn uids() -> Vec<String> {

@@ -37,7 +37,10 @@ use crate::{
     metrics::Metrics,
     model::{NodeRecord, NodeSpec, StrategyRecord},
     overrides::{self, EffectiveNode, Overrides},
-    routing::{strategy, NodeInput, StrategyInput, Table, TableInput},
+    routing::{
+        strategy, NodeInput, PreparedNode, PreparedOverrides, StrategyInput, Table, TableInput,
+        TableNode,
+    },
     store::{
         now_rfc3339, Actor, AuditEntry, ReplicaInfo, SavedOverrides, Store, StoreError, Stored,
         Written,
@@ -155,15 +158,20 @@ struct Inputs {
     /// Every change up to this number has been applied.
     applied: i64,
     overrides: Arc<Overrides>,
+    /// The file's pins and user regions, indexed once per load.
+    prepared_overrides: Arc<PreparedOverrides>,
     /// Nodes as routing and the admin API see them (stored ⊕ overrides),
-    /// recomputed only for what changed.
-    effective: BTreeMap<String, Arc<EffectiveNode>>,
+    /// recomputed only for what changed, each with what routing derives
+    /// from it (seeds, answer fragments), so a rebuild costs O(N) pointer
+    /// copies, not O(N) serialisations.
+    effective: BTreeMap<String, (Arc<EffectiveNode>, Arc<PreparedNode>)>,
 }
 
 impl Inputs {
     fn from_stored(stored: Stored) -> Self {
         let mut inputs = Inputs {
             overrides: Arc::new(Overrides::default()),
+            prepared_overrides: Arc::new(PreparedOverrides::empty()),
             ..Inputs::default()
         };
         inputs.install(stored);
@@ -241,8 +249,10 @@ impl Inputs {
         let head = stored.head;
         if head < self.applied {
             let overrides = self.overrides.clone();
+            let prepared_overrides = self.prepared_overrides.clone();
             *self = Inputs {
                 overrides,
+                prepared_overrides,
                 ..Inputs::default()
             };
         }
@@ -286,7 +296,17 @@ impl Inputs {
             .effective_node(id, self.nodes.get(id).map(|n| &**n))
         {
             Some(node) => {
-                self.effective.insert(id.to_owned(), Arc::new(node));
+                let prepared = Arc::new(PreparedNode::new(&NodeInput {
+                    id: node.spec.id.clone(),
+                    region: node.spec.region.clone(),
+                    weight: node.spec.weight,
+                    state: node.spec.state,
+                    healthy: true,
+                    external: node.spec.external.clone(),
+                    intranet: node.spec.intranet.clone(),
+                }));
+                self.effective
+                    .insert(id.to_owned(), (Arc::new(node), prepared));
             }
             None => {
                 self.effective.remove(id);
@@ -307,8 +327,9 @@ impl Inputs {
         }
     }
 
-    fn set_overrides(&mut self, overrides: Arc<Overrides>) {
+    fn set_overrides(&mut self, overrides: Arc<Overrides>, prepared: Arc<PreparedOverrides>) {
         self.overrides = overrides;
+        self.prepared_overrides = prepared;
         self.refresh_all_effective();
     }
 
@@ -515,13 +536,16 @@ impl Controller {
     /// Builds a table and view from the current inputs and swaps them in.
     pub fn rebuild(&self) {
         let started = std::time::Instant::now();
-        let (nodes, strategies, active_db, file) = {
+        let (nodes, prepared, strategies, active_db, file, prepared_overrides) = {
             let inputs = self.lock_inputs();
+            let (nodes, prepared): (Vec<_>, Vec<_>) = inputs.effective.values().cloned().unzip();
             (
-                inputs.effective.values().cloned().collect::<Vec<_>>(),
+                nodes,
+                prepared,
                 inputs.strategies.values().cloned().collect::<Vec<_>>(),
                 inputs.active.clone(),
                 inputs.overrides.clone(),
+                inputs.prepared_overrides.clone(),
             )
         };
         let unhealthy = self.health.unhealthy();
@@ -553,19 +577,14 @@ impl Controller {
         let input = TableInput {
             nodes: nodes
                 .iter()
-                .map(|n| NodeInput {
-                    id: n.spec.id.clone(),
-                    region: n.spec.region.clone(),
-                    weight: n.spec.weight,
-                    state: n.spec.state,
+                .zip(prepared)
+                .map(|(n, node)| TableNode {
+                    node,
                     healthy: unhealthy.is_empty() || !is_unhealthy(n),
-                    external: n.spec.external.clone(),
-                    intranet: n.spec.intranet.clone(),
                 })
                 .collect(),
             strategy,
-            pins: file.pins.clone(),
-            user_regions: file.user_regions.clone(),
+            overrides: prepared_overrides,
         };
         let table = Table::build(&input);
 
@@ -1200,8 +1219,9 @@ impl Controller {
         };
         match overrides::parse(&saved.content) {
             Ok(parsed) => {
+                let prepared = Arc::new(PreparedOverrides::new(&parsed.pins, &parsed.user_regions));
                 let parsed = Arc::new(parsed);
-                self.lock_inputs().set_overrides(parsed.clone());
+                self.lock_inputs().set_overrides(parsed.clone(), prepared);
                 let mut status = (*self.overrides_status()).clone();
                 status.revision = saved.revision.clone();
                 status.loaded_at = Some(saved.loaded_at.clone());
@@ -1277,9 +1297,19 @@ impl Controller {
         let path = self.overrides_status().path.clone();
         let _w = self.write.lock().await;
         let stored = self.lock_inputs().stored();
-        if let Err(e) = parsed.validate(Some(&stored), self.limits.max_uid_bytes) {
-            return self.reload_failed(e);
-        }
+        let max_uid = self.limits.max_uid_bytes;
+        // Validating and indexing many pins take a while: not on a worker.
+        let checked = tokio::task::spawn_blocking(move || {
+            parsed.validate(Some(&stored), max_uid)?;
+            let prepared = PreparedOverrides::new(&parsed.pins, &parsed.user_regions);
+            Ok::<_, String>((parsed, prepared))
+        })
+        .await
+        .map_err(|_| "internal error".to_string())?;
+        let (parsed, prepared) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return self.reload_failed(e),
+        };
         let previous = self.overrides_status();
         let unchanged = previous.revision == revision && !startup;
         let now = now_rfc3339();
@@ -1295,7 +1325,8 @@ impl Controller {
         };
         self.save_overrides(saved, actor).await;
         let parsed = Arc::new(parsed);
-        self.lock_inputs().set_overrides(parsed.clone());
+        self.lock_inputs()
+            .set_overrides(parsed.clone(), Arc::new(prepared));
         self.rebuild_async().await;
         self.overrides_status.store(Arc::new(OverridesStatus {
             path: path.clone(),
@@ -1386,8 +1417,7 @@ fn empty_snapshot() -> Snapshot {
                 kind: "hash".into(),
                 params: Value::Null,
             },
-            pins: Default::default(),
-            user_regions: Default::default(),
+            overrides: Arc::new(PreparedOverrides::empty()),
         }),
         routed: vec![],
         view: View {

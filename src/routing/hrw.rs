@@ -1,14 +1,21 @@
 //! The rendezvous (highest random weight) core shared by every strategy.
 //!
 //! A uid is hashed once per request (`uid_hash`, xxh3-64); every node carries a
-//! 32-bit seed computed once per snapshot (`node_seed`). The score of a
+//! 32-bit seed computed once per node change (`NodeSeed`). The score of a
 //! (uid, node) pair is the murmur3 finaliser `fmix32` of their xor: a bijective
-//! mixer with full avalanche, so the scores of one uid across nodes behave as
-//! independent uniform draws, which the balance and minimal-movement guarantees
-//! of rendezvous hashing rest on. It uses 32-bit lanes only, so ranking N nodes
-//! vectorises (8 nodes per AVX2 instruction) and needs no further hashing.
-//! Both hashes use fixed seeds: the same uid and node id give the same score on
-//! every process, run and platform, with or without SIMD.
+//! 32-bit mixer with full avalanche, so the scores of one uid across nodes
+//! behave as independent uniform draws, which the balance and minimal-movement
+//! guarantees of rendezvous hashing rest on. It uses 32-bit lanes only, so
+//! ranking N nodes vectorises (8 nodes per AVX2 instruction) and needs no
+//! further hashing. Both hashes use fixed seeds: the same uid and node id give
+//! the same score on every process, run and platform, with or without SIMD.
+//!
+//! Because the mixer is a bijection, two nodes with different seeds never tie
+//! for any uid. Two distinct ids can share a 32-bit seed, though (about 1 % of
+//! fleets of 10,000 ids hold such a pair): these "twins" would tie for every
+//! uid. [`Twins`] settles those ties with a second, independent draw per node
+//! (and, should that collide too, a 64-bit hash of the id), so both twins take
+//! users and the answer never depends on the order nodes were created in.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -36,11 +43,130 @@ pub fn uid_hash(uid: &str) -> UidHash {
     UidHash(xxh3_64_with_seed(uid.as_bytes(), UID_SEED))
 }
 
-/// Seed of a node, computed once per node per snapshot.
+/// Seed of the second draw, used only between twins.
+const TWIN_SEED: u64 = 0x7477_696e_7365_6564; // "twinseed"
+/// Seed of the last resort between twins: a 64-bit hash of the id.
+const KEY_SEED: u64 = 0x6e6f_6465_6b65_7931; // "nodekey1"
+
+/// Primary 32-bit seed of a node: what every score is computed from.
 #[inline]
 pub fn node_seed(node_id: &str) -> u32 {
     let h = xxh3_64_with_seed(node_id.as_bytes(), NODE_SEED);
     (h ^ (h >> 32)) as u32
+}
+
+/// Everything a node contributes to scores, computed once per node change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSeed {
+    /// Scored for every uid.
+    pub primary: u32,
+    /// Scored only against twins (nodes with the same primary seed).
+    pub secondary: u32,
+    /// Breaks a tie of both draws: a 64-bit hash of the id.
+    pub key: u64,
+}
+
+impl NodeSeed {
+    pub fn of(node_id: &str) -> Self {
+        let h = xxh3_64_with_seed(node_id.as_bytes(), TWIN_SEED);
+        NodeSeed {
+            primary: node_seed(node_id),
+            secondary: (h ^ (h >> 32)) as u32,
+            key: xxh3_64_with_seed(node_id.as_bytes(), KEY_SEED),
+        }
+    }
+}
+
+/// 64-bit finaliser (murmur3 `fmix64`), for the last-resort tie break.
+#[inline]
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TwinMember {
+    index: u32,
+    secondary: u32,
+    key: u64,
+    weight: f64,
+}
+
+/// The sets of candidates that share a primary seed, found once per table.
+///
+/// Twins tie on every uid, and the scan keeps the lowest index, so after a
+/// scan `resolve` picks among the winner's twins by a weighted rendezvous over
+/// their secondary draws (equal weights make that a plain argmax). Which twin
+/// wins depends only on the uid and the twins, never on other nodes: a node
+/// leaving still moves only its own users. The pair as a whole takes the share
+/// of one node of the heavier weight (a known cost of a ~2^-32 coincidence;
+/// each twin still takes users).
+#[derive(Debug, Clone, Default)]
+pub struct Twins {
+    /// (candidate index, set), sorted by index; empty when there are no twins.
+    of: Box<[(u32, u32)]>,
+    sets: Box<[Box<[TwinMember]>]>,
+}
+
+impl Twins {
+    /// Finds the twins among `(candidate index, seed, weight)`; `None` in the
+    /// usual case of no twins at all.
+    pub fn find(seeds: impl Iterator<Item = (usize, NodeSeed, f64)>) -> Option<Twins> {
+        let mut all: Vec<(u32, u32, NodeSeed, f64)> =
+            seeds.map(|(i, s, w)| (s.primary, i as u32, s, w)).collect();
+        all.sort_unstable_by_key(|e| (e.0, e.1));
+        let mut of = Vec::new();
+        let mut sets: Vec<Box<[TwinMember]>> = Vec::new();
+        for run in all.chunk_by(|a, b| a.0 == b.0) {
+            if run.len() < 2 {
+                continue;
+            }
+            let set = sets.len() as u32;
+            sets.push(
+                run.iter()
+                    .map(|&(_, index, s, weight)| {
+                        of.push((index, set));
+                        TwinMember {
+                            index,
+                            secondary: s.secondary,
+                            key: s.key,
+                            weight,
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        if sets.is_empty() {
+            return None;
+        }
+        of.sort_unstable();
+        Some(Twins {
+            of: of.into(),
+            sets: sets.into(),
+        })
+    }
+
+    /// The twin that takes `uid` when candidate `winner` won the scan.
+    #[inline]
+    pub fn resolve(&self, uid: UidHash, winner: usize) -> usize {
+        let Ok(at) = self.of.binary_search_by_key(&(winner as u32), |e| e.0) else {
+            return winner;
+        };
+        let mut best: Option<(f64, u64, u32)> = None;
+        for m in self.sets[self.of[at].1 as usize].iter() {
+            let score = weighted_score(m.weight, score(uid.key32(), m.secondary));
+            let tie = fmix64(uid.0 ^ m.key);
+            // Members are in index order: strictly greater keeps the lowest.
+            if best.is_none_or(|(s, t, _)| score > s || (score == s && tie > t)) {
+                best = Some((score, tie, m.index));
+            }
+        }
+        best.map_or(winner, |(_, _, i)| i as usize)
+    }
 }
 
 /// Score of a (uid, node) pair.
@@ -197,6 +323,26 @@ mod tests {
         // A tie across blocks keeps the earlier block.
         let seeds = vec![9u32; 3 * BLOCK + 5];
         assert_eq!(argmax(uid, &seeds).map(|b| b.0), Some(0));
+    }
+
+    #[test]
+    fn twins_are_found_and_both_take_users() {
+        // Two real ids whose primary seeds collide.
+        let (a, b) = (NodeSeed::of("gw-27287"), NodeSeed::of("gw-84159"));
+        assert_eq!(a.primary, b.primary, "the pair must collide for this test");
+        assert_ne!(a.secondary, b.secondary);
+        let other = NodeSeed::of("gw-1");
+        let twins = Twins::find([(0, a, 1.0), (1, other, 1.0), (2, b, 1.0)].into_iter()).unwrap();
+        assert!(Twins::find([(0, a, 1.0), (1, other, 1.0)].into_iter()).is_none());
+        let mut wins = [0usize; 3];
+        for u in 0..10_000 {
+            let uid = uid_hash(&format!("u{u}"));
+            let seeds = [a.primary, other.primary, b.primary];
+            let (i, _) = argmax(uid, &seeds).unwrap();
+            wins[twins.resolve(uid, i)] += 1;
+        }
+        assert!(wins[0] > 2000 && wins[2] > 2000, "{wins:?}");
+        assert_eq!(twins.resolve(uid_hash("x"), 1), 1);
     }
 
     #[test]

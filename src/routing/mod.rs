@@ -13,7 +13,9 @@ pub mod table;
 pub mod weighted;
 
 pub use strategy::{Candidate, ParamsError, Placement, StrategyKind, BUILTIN};
-pub use table::{NodeInput, StrategyInput, Table, TableInput};
+pub use table::{
+    NodeInput, PreparedNode, PreparedOverrides, StrategyInput, Table, TableInput, TableNode,
+};
 
 #[cfg(test)]
 mod tests;

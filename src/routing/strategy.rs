@@ -9,7 +9,12 @@
 
 use serde_json::Value;
 
-use super::{hash::HashKind, hrw::UidHash, region::RegionKind, weighted::WeightedKind};
+use super::{
+    hash::HashKind,
+    hrw::{NodeSeed, UidHash},
+    region::RegionKind,
+    weighted::WeightedKind,
+};
 
 /// A node as strategies see it: routable, in node-id order.
 #[derive(Debug, Clone, Copy)]
@@ -17,8 +22,8 @@ pub struct Candidate<'a> {
     pub id: &'a str,
     pub region: Option<&'a str>,
     pub weight: u16,
-    /// `hrw::node_seed(id)`, computed once per snapshot.
-    pub seed: u32,
+    /// `NodeSeed::of(id)`, computed once per node change.
+    pub seed: NodeSeed,
 }
 
 /// A built strategy: picks one candidate index for a uid.

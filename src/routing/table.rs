@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -36,25 +37,167 @@ pub struct StrategyInput {
     pub params: Value,
 }
 
-/// Everything a table is built from.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableInput {
-    pub nodes: Vec<NodeInput>,
-    pub strategy: StrategyInput,
-    /// uid -> node id; honoured while that node is routable.
-    pub pins: BTreeMap<String, String>,
-    /// uid -> region, read by strategies that use regions.
-    pub user_regions: BTreeMap<String, String>,
-}
-
-/// A routable node of a table, with its answer pre-serialised.
-pub struct RouteNode {
+/// A node with everything routing derives from it computed once per change of
+/// the node (seeds, answer fragments, its share of the revision), so a table
+/// build over N nodes costs O(N) cheap steps however often it runs.
+pub struct PreparedNode {
     pub id: Box<str>,
     pub region: Option<Box<str>>,
+    pub weight: u16,
+    pub state: NodeState,
+    /// Whether the node has an external `tcp_addr`: without one no client
+    /// can connect to it, so it never takes users.
+    pub addressed: bool,
+    pub seed: hrw::NodeSeed,
     /// `"tcp_addr":...,"node_id":...,"region":...}` for external and intranet
     /// answers (intranet addresses falling back to external ones field by
     /// field): the tail of every JSON object that names this node.
     fragments: [Box<[u8]>; 2],
+    /// xxh3 of what routing reads of the node (not its health).
+    digest: u64,
+}
+
+impl PreparedNode {
+    pub fn new(n: &NodeInput) -> PreparedNode {
+        let intranet = n.intranet.or(&n.external);
+        let fragments = [
+            fragment(&n.external, &n.id, n.region.as_deref()),
+            fragment(&intranet, &n.id, n.region.as_deref()),
+        ];
+        let mut h = Xxh3::new();
+        for part in [
+            n.id.as_str(),
+            n.region.as_deref().unwrap_or("\u{0}"),
+            n.state.as_str(),
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&n.weight.to_le_bytes());
+        h.update(&fragments[0]);
+        h.update(&fragments[1]);
+        PreparedNode {
+            id: n.id.as_str().into(),
+            region: n.region.as_deref().map(Into::into),
+            weight: n.weight,
+            state: n.state,
+            addressed: !n.external.tcp_addr.is_empty(),
+            seed: hrw::NodeSeed::of(&n.id),
+            fragments,
+            digest: h.digest(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the node may take users when healthy.
+    pub fn eligible(&self) -> bool {
+        self.state == NodeState::Active && self.weight > 0 && self.addressed
+    }
+}
+
+/// The overrides file's pins and user regions, indexed once per load.
+pub struct PreparedOverrides {
+    /// uid -> index into `pin_targets`.
+    pins: UidMap<u32>,
+    /// The distinct nodes pinned to, in id order.
+    pin_targets: Box<[Box<str>]>,
+    user_regions: UidMap<Box<str>>,
+    /// Pins per target, to count the honoured ones in O(targets).
+    pins_per_target: Box<[u32]>,
+    user_region_count: usize,
+    digest: u64,
+}
+
+impl PreparedOverrides {
+    pub fn new(
+        pins: &BTreeMap<String, String>,
+        user_regions: &BTreeMap<String, String>,
+    ) -> PreparedOverrides {
+        let mut targets: Vec<&str> = pins.values().map(String::as_str).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut h = Xxh3::new();
+        let mut pin_map = UidMap::new();
+        let mut per_target = vec![0u32; targets.len()];
+        for (uid, node) in pins {
+            let t = targets.binary_search(&node.as_str()).unwrap_or(0) as u32;
+            pin_map.insert(uid, t);
+            per_target[t as usize] += 1;
+            for part in [uid.as_str(), node.as_str()] {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.update(b"\xffuser_regions");
+        let mut region_map = UidMap::new();
+        for (uid, region) in user_regions {
+            region_map.insert(uid, Box::<str>::from(region.as_str()));
+            for part in [uid.as_str(), region.as_str()] {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        PreparedOverrides {
+            pins: pin_map,
+            pin_targets: targets.into_iter().map(Into::into).collect(),
+            user_regions: region_map,
+            pins_per_target: per_target.into(),
+            user_region_count: user_regions.len(),
+            digest: h.digest(),
+        }
+    }
+
+    pub fn empty() -> PreparedOverrides {
+        Self::new(&BTreeMap::new(), &BTreeMap::new())
+    }
+}
+
+impl Default for PreparedOverrides {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+/// A node of a table's input with its current health.
+#[derive(Clone)]
+pub struct TableNode {
+    pub node: Arc<PreparedNode>,
+    /// False while health checks say the node is down.
+    pub healthy: bool,
+}
+
+/// Everything a table is built from.
+#[derive(Clone)]
+pub struct TableInput {
+    pub nodes: Vec<TableNode>,
+    pub strategy: StrategyInput,
+    pub overrides: Arc<PreparedOverrides>,
+}
+
+impl TableInput {
+    /// Prepares everything at once (tests, benches, tools); the service
+    /// prepares nodes and overrides as they change.
+    pub fn prepare(
+        nodes: &[NodeInput],
+        strategy: StrategyInput,
+        pins: &BTreeMap<String, String>,
+        user_regions: &BTreeMap<String, String>,
+    ) -> TableInput {
+        TableInput {
+            nodes: nodes
+                .iter()
+                .map(|n| TableNode {
+                    node: Arc::new(PreparedNode::new(n)),
+                    healthy: n.healthy,
+                })
+                .collect(),
+            strategy,
+            overrides: Arc::new(PreparedOverrides::new(pins, user_regions)),
+        }
+    }
 }
 
 /// Hashes a key whose hash was computed beforehand (the uid's xxh3).
@@ -149,9 +292,6 @@ impl<V> UidMap<V> {
             .find(|(k, _)| &**k == uid)
             .map(|(_, v)| v)
     }
-    fn len(&self) -> usize {
-        self.map.values().map(Vec::len).sum()
-    }
 }
 
 /// Counts describing a table, for `GET /admin/routing` and metrics.
@@ -167,36 +307,44 @@ pub struct TableStats {
 pub struct Table {
     revision: String,
     strategy: StrategyInput,
-    nodes: Vec<RouteNode>,
+    nodes: Vec<Arc<PreparedNode>>,
     placement: Box<dyn Placement>,
     uses_region: bool,
-    pins: UidMap<u32>,
-    user_regions: UidMap<Box<str>>,
+    overrides: Arc<PreparedOverrides>,
+    /// Per pin target: its index among `nodes`, or `NOT_ROUTABLE`.
+    pin_node: Box<[u32]>,
     panic: bool,
     stats: TableStats,
 }
+
+const NOT_ROUTABLE: u32 = u32::MAX;
 
 /// Why a batch could not be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoRoutableNode;
 
 impl Table {
-    /// Builds a table. Unroutable nodes (not active, weight 0, unhealthy) take
-    /// no users; when health alone leaves no node, every active node with a
-    /// weight is used anyway (panic mode: fail open rather than refuse everyone).
+    /// Builds a table. Unroutable nodes (not active, weight 0, no external
+    /// `tcp_addr`, unhealthy) take no users; when health alone leaves no node,
+    /// every eligible node is used anyway (panic mode: fail open rather than
+    /// refuse everyone). O(N log N) in the nodes, O(distinct pin targets) in
+    /// the pins: the overrides were indexed when they were loaded.
     pub fn build(input: &TableInput) -> Table {
-        let mut nodes: Vec<&NodeInput> = input.nodes.iter().collect();
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        let eligible: Vec<&NodeInput> = nodes
+        let mut nodes: Vec<&TableNode> = input.nodes.iter().collect();
+        if !nodes.is_sorted_by(|a, b| a.node.id <= b.node.id) {
+            nodes.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+        }
+        let eligible: Vec<&TableNode> = nodes
             .iter()
             .copied()
-            .filter(|n| n.state == NodeState::Active && n.weight > 0)
+            .filter(|n| n.node.eligible())
             .collect();
-        let healthy: Vec<&NodeInput> = eligible.iter().copied().filter(|n| n.healthy).collect();
+        let healthy: Vec<&TableNode> = eligible.iter().copied().filter(|n| n.healthy).collect();
         let panic = healthy.is_empty() && !eligible.is_empty();
         let mut routable = if panic { eligible } else { healthy };
         // Candidate indexes are u32 throughout.
-        routable.truncate(u32::MAX as usize);
+        routable.truncate(u32::MAX as usize - 1);
+        let routable: Vec<Arc<PreparedNode>> = routable.iter().map(|n| n.node.clone()).collect();
 
         let candidates: Vec<Candidate<'_>> = routable
             .iter()
@@ -204,61 +352,44 @@ impl Table {
                 id: &n.id,
                 region: n.region.as_deref(),
                 weight: n.weight,
-                seed: hrw::node_seed(&n.id),
+                seed: n.seed,
             })
             .collect();
         let kind = strategy::kind(&input.strategy.kind).unwrap_or(strategy::BUILTIN[0]);
         let placement = kind.build(&input.strategy.params, &candidates);
         let uses_region = placement.uses_region();
 
-        let index: HashMap<&str, u32> = routable
+        let pin_node = input
+            .overrides
+            .pin_targets
             .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id.as_str(), i as u32))
-            .collect();
-        let mut pins = UidMap::new();
-        for (uid, node) in &input.pins {
-            if let Some(&i) = index.get(node.as_str()) {
-                pins.insert(uid, i);
-            }
-        }
-        let mut user_regions = UidMap::new();
-        if uses_region {
-            for (uid, region) in &input.user_regions {
-                user_regions.insert(uid, Box::<str>::from(region.as_str()));
-            }
-        }
-
-        let route_nodes: Vec<RouteNode> = routable
-            .iter()
-            .map(|n| {
-                let intranet = n.intranet.or(&n.external);
-                let fragments = [
-                    fragment(&n.external, &n.id, n.region.as_deref()),
-                    fragment(&intranet, &n.id, n.region.as_deref()),
-                ];
-                RouteNode {
-                    id: n.id.as_str().into(),
-                    region: n.region.as_deref().map(Into::into),
-                    fragments,
-                }
+            .map(|t| {
+                routable
+                    .binary_search_by(|n| (*n.id).cmp(t))
+                    .map_or(NOT_ROUTABLE, |i| i as u32)
             })
-            .collect();
+            .collect::<Box<[u32]>>();
+        let pins = pin_node
+            .iter()
+            .zip(input.overrides.pins_per_target.iter())
+            .filter(|(&i, _)| i != NOT_ROUTABLE)
+            .map(|(_, &n)| n as usize)
+            .sum();
 
         let stats = TableStats {
             nodes_total: input.nodes.len(),
-            nodes_routable: if panic { 0 } else { route_nodes.len() },
-            pins: pins.len(),
-            user_regions: input.user_regions.len(),
+            nodes_routable: if panic { 0 } else { routable.len() },
+            pins,
+            user_regions: input.overrides.user_region_count,
         };
         Table {
             revision: revision_of(input, &routable, panic),
             strategy: input.strategy.clone(),
-            nodes: route_nodes,
+            nodes: routable,
             placement,
             uses_region,
-            pins,
-            user_regions,
+            overrides: input.overrides.clone(),
+            pin_node,
             panic,
             stats,
         }
@@ -284,7 +415,7 @@ impl Table {
     }
 
     /// The nodes users can be placed on, in node-id order.
-    pub fn nodes(&self) -> &[RouteNode] {
+    pub fn nodes(&self) -> &[Arc<PreparedNode>] {
         &self.nodes
     }
 
@@ -301,11 +432,15 @@ impl Table {
         hash: hrw::UidHash,
         region_hint: Option<&str>,
     ) -> Option<usize> {
-        if let Some(&i) = self.pins.get(hash.0, uid) {
-            return Some(i as usize);
+        if let Some(&t) = self.overrides.pins.get(hash.0, uid) {
+            let i = self.pin_node[t as usize];
+            if i != NOT_ROUTABLE {
+                return Some(i as usize);
+            }
         }
         let region = if self.uses_region {
-            self.user_regions
+            self.overrides
+                .user_regions
                 .get(hash.0, uid)
                 .map(|r| &**r)
                 .or(region_hint)
@@ -454,26 +589,17 @@ fn fragment(addrs: &Addrs, id: &str, region: Option<&str>) -> Box<[u8]> {
     out.into()
 }
 
-fn revision_of(input: &TableInput, routable: &[&NodeInput], panic: bool) -> String {
-    #[derive(Serialize)]
-    struct Canonical<'a> {
-        routable: &'a [&'a NodeInput],
-        strategy: &'a StrategyInput,
-        pins: &'a BTreeMap<String, String>,
-        user_regions: &'a BTreeMap<String, String>,
-        panic: bool,
+fn revision_of(input: &TableInput, routable: &[Arc<PreparedNode>], panic: bool) -> String {
+    let mut h = Xxh3::new();
+    h.update(&(routable.len() as u64).to_le_bytes());
+    for n in routable {
+        h.update(&n.digest.to_le_bytes());
     }
-    let mut hasher = Xxh3::new();
-    let canonical = Canonical {
-        routable,
-        strategy: &input.strategy,
-        pins: &input.pins,
-        user_regions: &input.user_regions,
-        panic,
-    };
-    serde_json::to_writer(HashWriter(&mut hasher), &canonical)
-        .expect("serialising routing inputs cannot fail");
-    format!("{:016x}", hasher.digest())
+    serde_json::to_writer(HashWriter(&mut h), &input.strategy)
+        .expect("serialising a strategy cannot fail");
+    h.update(&input.overrides.digest.to_le_bytes());
+    h.update(&[u8::from(panic)]);
+    format!("{:016x}", h.digest())
 }
 
 struct HashWriter<'a>(&'a mut Xxh3);

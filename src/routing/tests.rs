@@ -26,16 +26,16 @@ fn node(id: &str, weight: u16) -> NodeInput {
 }
 
 fn table(kind: &str, params: Value, nodes: Vec<NodeInput>) -> Table {
-    Table::build(&TableInput {
-        nodes,
-        strategy: StrategyInput {
+    Table::build(&TableInput::prepare(
+        &nodes,
+        StrategyInput {
             name: "t".into(),
             kind: kind.into(),
             params,
         },
-        pins: BTreeMap::new(),
-        user_regions: BTreeMap::new(),
-    })
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    ))
 }
 
 fn equal_nodes(n: usize) -> Vec<NodeInput> {
@@ -274,24 +274,26 @@ fn user_regions_beat_the_hint_and_pins_beat_the_strategy() {
         n.region = Some(region.into());
         nodes.push(n);
     }
-    let mut input = TableInput {
-        nodes,
-        strategy: StrategyInput {
-            name: "r".into(),
-            kind: "region".into(),
-            params: json!({"default_region": "eu"}),
-        },
-        pins: BTreeMap::from([("vip".to_string(), "us-1".to_string())]),
-        user_regions: BTreeMap::from([("alice".to_string(), "us".to_string())]),
+    let strategy = StrategyInput {
+        name: "r".into(),
+        kind: "region".into(),
+        params: json!({"default_region": "eu"}),
     };
-    let t = Table::build(&input);
+    let pins = BTreeMap::from([("vip".to_string(), "us-1".to_string())]);
+    let regions = BTreeMap::from([("alice".to_string(), "us".to_string())]);
+    let t = Table::build(&TableInput::prepare(
+        &nodes,
+        strategy.clone(),
+        &pins,
+        &regions,
+    ));
     let id = |t: &Table, uid: &str, hint| t.nodes()[t.route(uid, hint).unwrap()].id.to_string();
     assert_eq!(id(&t, "alice", Some("eu")), "us-1");
     assert_eq!(id(&t, "bob", None), "eu-1");
     assert_eq!(id(&t, "vip", Some("eu")), "us-1");
     // A pin to an unroutable node falls back to the strategy.
-    input.nodes[1].state = NodeState::Draining;
-    let t = Table::build(&input);
+    nodes[1].state = NodeState::Draining;
+    let t = Table::build(&TableInput::prepare(&nodes, strategy, &pins, &regions));
     assert_eq!(id(&t, "vip", None), "eu-1");
 }
 
@@ -412,4 +414,140 @@ proptest! {
             }
         }
     }
+}
+
+/// `gw-27287` and `gw-84159` share their 32-bit primary seed: without the
+/// twin rule the second would never take a user.
+#[test]
+fn twin_ids_both_take_users_in_every_kind() {
+    let mut nodes: Vec<NodeInput> = (0..8).map(|i| node(&format!("gw-{i}"), 100)).collect();
+    nodes.push(node("gw-27287", 100));
+    nodes.push(node("gw-84159", 100));
+    let users = uids(20_000, "t");
+    for (kind, weights) in [
+        ("hash", (100, 100)),
+        ("weighted", (100, 100)),
+        ("weighted", (300, 100)),
+        ("weighted", (100, 300)),
+    ] {
+        let mut set = nodes.clone();
+        set[8].weight = weights.0;
+        set[9].weight = weights.1;
+        let t = table(kind, json!({}), set.clone());
+        let assigned = assign(&t, &users);
+        let c = counts(&assigned);
+        for twin in ["gw-27287", "gw-84159"] {
+            assert!(
+                c.get(twin).copied().unwrap_or(0) > 200,
+                "{kind} {weights:?}: {twin} takes {:?} users: {c:?}",
+                c.get(twin)
+            );
+        }
+        // Order of creation does not matter.
+        let mut reversed = set.clone();
+        reversed.reverse();
+        assert_eq!(assign(&table(kind, json!({}), reversed), &users), assigned);
+        // Either twin leaving moves only its own users.
+        for gone in ["gw-27287", "gw-84159"] {
+            let rest: Vec<NodeInput> = set.iter().filter(|n| n.id != gone).cloned().collect();
+            let after = assign(&table(kind, json!({}), rest), &users);
+            let heavier_left = weights.0 != weights.1
+                && set.iter().find(|n| n.id == gone).unwrap().weight == weights.0.max(weights.1);
+            for (b, a) in assigned.iter().zip(&after) {
+                if b != gone && !heavier_left {
+                    assert_eq!(a, b, "{kind} {weights:?}: {gone} left");
+                }
+                if b != gone && heavier_left {
+                    // The pair took the share of its heavier member: when
+                    // that one leaves, only the pair's users may move.
+                    assert!(a == b || b.starts_with("gw-27287") || b.starts_with("gw-84159"));
+                }
+            }
+        }
+    }
+    // The region kind places by the same rule within a region.
+    let mut set = nodes.clone();
+    for n in &mut set {
+        n.region = Some("eu".into());
+    }
+    let c = counts(&assign(
+        &table("region", json!({"default_region": "eu"}), set),
+        &users,
+    ))
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect::<HashMap<_, _>>();
+    assert!(c["gw-27287"] > 200 && c["gw-84159"] > 200, "{c:?}");
+}
+
+#[test]
+fn a_node_without_an_external_tcp_addr_never_takes_users() {
+    let mut nodes = equal_nodes(3);
+    nodes[1].external.tcp_addr.clear();
+    nodes[1].intranet.tcp_addr = "10.0.0.1:1".into();
+    for kind in ["hash", "weighted", "region"] {
+        let t = table(kind, json!({}), nodes.clone());
+        assert_eq!(t.nodes().len(), 2, "{kind}");
+        assert!(assign(&t, &uids(2000, "a")).iter().all(|n| n != "node-001"));
+    }
+    // Not even in panic mode, and not through a pin.
+    let mut sick = nodes.clone();
+    for n in &mut sick {
+        n.healthy = false;
+    }
+    let t = table("hash", json!({}), sick);
+    assert!(t.panic_mode());
+    assert!(t.nodes().iter().all(|n| n.id() != "node-001"));
+    let pins = BTreeMap::from([("vip".to_string(), "node-001".to_string())]);
+    let t = Table::build(&TableInput::prepare(
+        &nodes,
+        StrategyInput {
+            name: "t".into(),
+            kind: "hash".into(),
+            params: json!({}),
+        },
+        &pins,
+        &BTreeMap::new(),
+    ));
+    assert_ne!(t.nodes()[t.route("vip", None).unwrap()].id(), "node-001");
+    assert_eq!(t.stats().pins, 0);
+    // Only address-less nodes: nobody can be routed.
+    let mut none = equal_nodes(2);
+    for n in &mut none {
+        n.external.tcp_addr.clear();
+    }
+    let t = table("hash", json!({}), none);
+    assert!(t.nodes().is_empty());
+    assert!(t.route("u", None).is_none());
+}
+
+#[test]
+fn the_revision_follows_every_routing_input_and_nothing_else() {
+    let nodes = equal_nodes(3);
+    let strategy = StrategyInput {
+        name: "t".into(),
+        kind: "hash".into(),
+        params: json!({}),
+    };
+    let none = BTreeMap::new();
+    let pins = BTreeMap::from([("vip".to_string(), "node-001".to_string())]);
+    let rev = |nodes: &[NodeInput],
+               pins: &BTreeMap<String, String>,
+               regions: &BTreeMap<String, String>| {
+        Table::build(&TableInput::prepare(nodes, strategy.clone(), pins, regions))
+            .revision()
+            .to_string()
+    };
+    let base = rev(&nodes, &none, &none);
+    assert_eq!(base, rev(&nodes, &none, &none));
+    assert_ne!(base, rev(&nodes, &pins, &none));
+    assert_ne!(base, rev(&nodes, &none, &pins));
+    // Pins and user regions with the same entries are different inputs.
+    assert_ne!(rev(&nodes, &pins, &none), rev(&nodes, &none, &pins));
+    let mut moved = nodes.clone();
+    moved[0].external.ws_addr = "ws://x".into();
+    assert_ne!(base, rev(&moved, &none, &none));
+    let mut labelled = nodes.clone();
+    labelled[2].intranet.tcp_addr = "10.0.0.9:1".into();
+    assert_ne!(base, rev(&labelled, &none, &none));
 }

@@ -4,6 +4,7 @@
 //! raw score also has the highest weighted score (the transform is monotonic), so
 //! one logarithm per distinct weight suffices instead of one per node. Clusters
 //! usually have few distinct weights, which makes this nearly as cheap as `hash`.
+//! Building sorts the candidates by weight once: O(N log N).
 
 use serde_json::{json, Value};
 
@@ -46,32 +47,37 @@ struct WeightGroup {
 
 /// Weighted rendezvous over a fixed candidate list.
 pub struct WeightedPlacement {
+    /// By ascending weight.
     groups: Box<[WeightGroup]>,
+    twins: Option<hrw::Twins>,
 }
 
 impl WeightedPlacement {
     pub fn new(candidates: &[Candidate<'_>]) -> Self {
-        let mut weights: Vec<u16> = candidates
-            .iter()
-            .map(|c| c.weight)
-            .filter(|&w| w > 0)
+        // Candidate indexes by (weight, index): one sort, then one pass.
+        let mut order: Vec<u32> = (0..candidates.len() as u32)
+            .filter(|&i| candidates[i as usize].weight > 0)
             .collect();
-        weights.sort_unstable();
-        weights.dedup();
-        let groups = weights
-            .into_iter()
-            .map(|w| {
-                let members = candidates.iter().enumerate().filter(|(_, c)| c.weight == w);
-                let (index, seeds): (Vec<u32>, Vec<u32>) =
-                    members.map(|(i, c)| (i as u32, c.seed)).unzip();
-                WeightGroup {
-                    weight: f64::from(w),
-                    seeds: seeds.into(),
-                    index: index.into(),
-                }
+        order.sort_unstable_by_key(|&i| (candidates[i as usize].weight, i));
+        let groups = order
+            .chunk_by(|&a, &b| candidates[a as usize].weight == candidates[b as usize].weight)
+            .map(|members| WeightGroup {
+                weight: f64::from(candidates[members[0] as usize].weight),
+                seeds: members
+                    .iter()
+                    .map(|&i| candidates[i as usize].seed.primary)
+                    .collect(),
+                index: members.into(),
             })
             .collect();
-        Self { groups }
+        let twins = hrw::Twins::find(
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.weight > 0)
+                .map(|(i, c)| (i, c.seed, f64::from(c.weight))),
+        );
+        Self { groups, twins }
     }
 }
 
@@ -106,6 +112,10 @@ impl Placement for WeightedPlacement {
                 _ => Some((score, index)),
             };
         }
-        best.map(|(_, i)| i as usize)
+        let (_, i) = best?;
+        Some(match &self.twins {
+            None => i as usize,
+            Some(twins) => twins.resolve(uid, i as usize),
+        })
     }
 }

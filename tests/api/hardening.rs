@@ -717,7 +717,7 @@ async fn requests_in_flight_at_sigterm_complete() {
     let resp = client
         .post(format!("{}/admin/nodes", server.addr))
         .bearer_auth(TOKEN)
-        .json(&json!({"id": "a"}))
+        .json(&json!({"id": "a", "external": {"tcp_addr": "a.example.com:5100"}}))
         .send()
         .await
         .unwrap();
@@ -819,7 +819,7 @@ async fn json_logs_carry_the_request_id_and_the_config_is_logged_redacted() {
         .post(format!("http://{addr}/admin/nodes"))
         .bearer_auth(TOKEN)
         .header("x-request-id", "trace-me-42")
-        .json(&json!({"id": "a"}))
+        .json(&json!({"id": "a", "external": {"tcp_addr": "a.example.com:5100"}}))
         .send()
         .await
         .unwrap();
@@ -866,8 +866,13 @@ async fn a_committed_write_reaches_routing_even_when_its_client_goes_away() {
             .unwrap();
         let mut h2 = h2.clone().ready().await.unwrap();
         let (response, mut body) = h2.send_request(request, false).unwrap();
-        body.send_data(json!({"id": id}).to_string().into(), true)
-            .unwrap();
+        body.send_data(
+            json!({"id": id, "external": {"tcp_addr": "gw.example.com:5100"}})
+                .to_string()
+                .into(),
+            true,
+        )
+        .unwrap();
         match tokio::time::timeout(wait, response).await {
             Ok(answer) => {
                 assert_eq!(answer.unwrap().status(), 201, "{id}");

@@ -253,6 +253,31 @@ async fn nodes_that_exist_only_in_the_file_route_users() {
     assert_eq!(status, 409, "{err}");
 }
 
+/// A client cannot connect to a node without an external `tcp_addr`: such a
+/// node never takes users, whether it exists only in the file or the file
+/// clears a stored node's address.
+#[tokio::test]
+async fn a_node_without_an_external_tcp_addr_takes_no_users() {
+    let app = two_nodes().await;
+    std::fs::write(
+        app.overrides_path(),
+        "nodes:\n  gw-9: {region: eu}\n  gw-2: {external: {tcp_addr: \"\"}}\n",
+    )
+    .unwrap();
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let uids: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
+    let groups: Vec<Value> = app.batch(&refs).await.json().await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["node_id"], "gw-1");
+    assert_eq!(groups[0]["uids"].as_array().unwrap().len(), 200);
+    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    assert_eq!(routing["nodes_routable"], 1, "{routing}");
+}
+
 #[tokio::test]
 async fn the_file_wins_field_by_field_over_admin_writes() {
     let app = two_nodes().await;
