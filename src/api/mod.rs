@@ -8,6 +8,7 @@ pub mod error;
 pub mod json_guard;
 pub mod nodes;
 pub mod ops;
+pub mod payload;
 pub mod route;
 pub mod strategies;
 pub mod uids;

@@ -11,7 +11,9 @@ use poem_openapi::{
 };
 use serde_json::Value;
 
-use super::{actor, auth::AdminAuth, error::ApiError, if_match, ApiTags, AppState};
+use super::{
+    actor, auth::AdminAuth, error::ApiError, if_match, payload::JsonArray, ApiTags, AppState,
+};
 use crate::{
     health::{HealthView, Status},
     model::{Addrs, NodeRecord, NodeSpec, NodeState, DEFAULT_WEIGHT},
@@ -319,7 +321,7 @@ pub enum NodeList {
     /// The nodes (one page with `limit`).
     #[oai(status = 200)]
     Ok(
-        Json<Vec<Node>>,
+        JsonArray<Node>,
         /// `</admin/nodes?limit=N&after=ID>; rel="next"` when there are more.
         #[oai(header = "Link")]
         Option<String>,
@@ -426,7 +428,7 @@ impl NodesApi {
             }
             _ => None,
         };
-        Ok(NodeList::Ok(Json(page), link))
+        Ok(NodeList::Ok(JsonArray(page), link))
     }
 
     /// Create a node

@@ -165,6 +165,8 @@ struct Inputs {
     /// from it (seeds, answer fragments), so a rebuild costs O(N) pointer
     /// copies, not O(N) serialisations.
     effective: BTreeMap<String, (Arc<EffectiveNode>, Arc<PreparedNode>)>,
+    /// Bumped whenever a node (incarnation) joins or leaves `effective`.
+    members: u64,
 }
 
 impl Inputs {
@@ -253,6 +255,7 @@ impl Inputs {
             *self = Inputs {
                 overrides,
                 prepared_overrides,
+                members: self.members + 1,
                 ..Inputs::default()
             };
         }
@@ -305,11 +308,18 @@ impl Inputs {
                     external: node.spec.external.clone(),
                     intranet: node.spec.intranet.clone(),
                 }));
-                self.effective
+                let incarnation = node.incarnation();
+                let old = self
+                    .effective
                     .insert(id.to_owned(), (Arc::new(node), prepared));
+                if old.is_none_or(|(n, _)| n.incarnation() != incarnation) {
+                    self.members += 1;
+                }
             }
             None => {
-                self.effective.remove(id);
+                if self.effective.remove(id).is_some() {
+                    self.members += 1;
+                }
             }
         }
     }
@@ -322,6 +332,7 @@ impl Inputs {
             .cloned()
             .collect();
         self.effective.clear();
+        self.members += 1;
         for id in ids {
             self.refresh_effective(&id);
         }
@@ -366,7 +377,22 @@ struct NodeSeries {
 
 #[derive(Default)]
 struct Series {
-    nodes: HashMap<String, NodeSeries>,
+    /// One per effective node of the last rebuild, in the same (id) order.
+    nodes: Vec<(String, NodeSeries)>,
+    /// `Inputs::members` when `nodes` was last matched to the node set.
+    members: u64,
+    /// Nodes unhealthy at the last rebuild: only their gauges, and those of
+    /// newly unhealthy ones, need setting while the node set stays the same.
+    unhealthy: HashMap<String, i64>,
+}
+
+impl Series {
+    fn get(&self, id: &str) -> Option<&NodeSeries> {
+        self.nodes
+            .binary_search_by(|(k, _)| k.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.nodes[i].1)
+    }
 }
 
 pub struct Controller {
@@ -376,6 +402,7 @@ pub struct Controller {
     /// Serialises table builds (on blocking threads) and owns the per-node
     /// metric series, so swaps happen in the order of the inputs they read.
     series: Mutex<Series>,
+
     /// Coalesces rebuild requests: one build serves every request made
     /// before it read the inputs (a burst of health changes costs a few
     /// builds, not one each).
@@ -432,6 +459,7 @@ impl Controller {
             snapshot: ArcSwap::from_pointee(empty_snapshot()),
             inputs: Mutex::new(Inputs::from_stored(stored.unwrap_or_default())),
             series: Mutex::new(Series::default()),
+
             rebuild_turn: tokio::sync::Mutex::new(()),
             reload: tokio::sync::Mutex::new(()),
             rebuilds_requested: AtomicU64::new(0),
@@ -536,12 +564,13 @@ impl Controller {
     /// Builds a table and view from the current inputs and swaps them in.
     pub fn rebuild(&self) {
         let started = std::time::Instant::now();
-        let (nodes, prepared, strategies, active_db, file, prepared_overrides) = {
+        let (nodes, prepared, members, strategies, active_db, file, prepared_overrides) = {
             let inputs = self.lock_inputs();
             let (nodes, prepared): (Vec<_>, Vec<_>) = inputs.effective.values().cloned().unzip();
             (
                 nodes,
                 prepared,
+                inputs.members,
                 inputs.strategies.values().cloned().collect::<Vec<_>>(),
                 inputs.active.clone(),
                 inputs.overrides.clone(),
@@ -549,8 +578,9 @@ impl Controller {
             )
         };
         let unhealthy = self.health.unhealthy();
-        let is_unhealthy =
-            |n: &EffectiveNode| unhealthy.contains(&(n.spec.id.clone(), n.incarnation()));
+        let is_unhealthy = |n: &EffectiveNode| {
+            !unhealthy.is_empty() && unhealthy.get(n.spec.id.as_str()) == Some(&n.incarnation())
+        };
 
         let has = |name: &str| {
             strategies
@@ -580,7 +610,7 @@ impl Controller {
                 .zip(prepared)
                 .map(|(n, node)| TableNode {
                     node,
-                    healthy: unhealthy.is_empty() || !is_unhealthy(n),
+                    healthy: !is_unhealthy(n),
                 })
                 .collect(),
             strategy,
@@ -604,52 +634,46 @@ impl Controller {
 
         // Per-node series: created for new nodes, updated in place, removed
         // for nodes that are gone, so a scrape never sees a live node's
-        // series missing and a deleted node leaves none behind.
+        // series missing and a deleted node leaves none behind. While the
+        // node set stays the same (most rebuilds: a weight, a state, a
+        // health change) nothing is matched again.
         // Held only for the series update: a heartbeat takes it to set its
         // node's gauge, and must not wait for a whole table build.
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let incarnations: HashMap<&str, i64> = nodes
-            .iter()
-            .map(|n| (n.spec.id.as_str(), n.incarnation()))
-            .collect();
-        series.nodes.retain(|id, s| {
-            // A node deleted and created again (even if this process never
-            // saw it gone) starts with fresh series.
-            let keep = incarnations.get(id.as_str()) == Some(&s.incarnation);
-            if !keep {
-                m.users_routed.remove_label_values(&[id]).ok();
-                m.node_healthy.remove_label_values(&[id]).ok();
-                m.node_connections.remove_label_values(&[id]).ok();
-            }
-            keep
-        });
-        for n in &nodes {
-            let id = n.spec.id.as_str();
-            let s = series.nodes.entry(id.to_owned()).or_insert_with(|| {
-                let s = NodeSeries {
-                    incarnation: n.incarnation(),
-                    routed: m.users_routed.with_label_values(&[id]),
-                    healthy: m.node_healthy.with_label_values(&[id]),
-                    connections: m.node_connections.with_label_values(&[id]),
-                };
-                if let Some(c) = self.health_view(n).connections {
-                    s.connections.set(i64::try_from(c).unwrap_or(i64::MAX));
-                }
-                s
+        if series.members != members || series.nodes.len() != nodes.len() {
+            self.match_series(&mut series, &nodes, &is_unhealthy);
+            series.members = members;
+            // Records of nodes re-created under another incarnation are
+            // dead; only a change of the node set can make any.
+            self.health.retain(|id| {
+                nodes
+                    .binary_search_by(|n| n.spec.id.as_str().cmp(id))
+                    .ok()
+                    .map(|i| nodes[i].incarnation())
             });
-            s.healthy.set(i64::from(!is_unhealthy(n)));
+        } else {
+            let changed: HashSet<&str> = series
+                .unhealthy
+                .keys()
+                .chain(unhealthy.keys())
+                .map(String::as_str)
+                .collect();
+            for id in changed {
+                if let Ok(i) = nodes.binary_search_by(|n| n.spec.id.as_str().cmp(id)) {
+                    series.nodes[i]
+                        .1
+                        .healthy
+                        .set(i64::from(!is_unhealthy(&nodes[i])));
+                }
+            }
         }
         let routed = table
-            .nodes()
+            .sources()
             .iter()
-            .filter_map(|n| series.nodes.get(&*n.id).map(|s| s.routed.clone()))
+            .map(|&i| series.nodes[i as usize].1.routed.clone())
             .collect();
-        // Records of nodes re-created under another incarnation are dead.
-        let alive: HashMap<&str, i64> = nodes
-            .iter()
-            .map(|n| (n.spec.id.as_str(), n.incarnation()))
-            .collect();
-        self.health.retain(|id| alive.get(id).copied());
+        series.unhealthy = unhealthy;
+        drop(series);
 
         m.table_build_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -664,6 +688,58 @@ impl Controller {
                 active_strategy_source: source,
             },
         }));
+    }
+
+    /// Matches the per-node series to a changed node set: one merge of two
+    /// id-ordered lists.
+    fn match_series(
+        &self,
+        series: &mut Series,
+        nodes: &[Arc<EffectiveNode>],
+        is_unhealthy: &dyn Fn(&EffectiveNode) -> bool,
+    ) {
+        let m = &self.metrics;
+        let drop_series = |id: &str| {
+            m.users_routed.remove_label_values(&[id]).ok();
+            m.node_healthy.remove_label_values(&[id]).ok();
+            m.node_connections.remove_label_values(&[id]).ok();
+        };
+        let mut old = std::mem::take(&mut series.nodes).into_iter().peekable();
+        let mut kept: Vec<(String, NodeSeries)> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let id = n.spec.id.as_str();
+            while let Some((gone, _)) = old.next_if(|(k, _)| k.as_str() < id) {
+                drop_series(&gone);
+            }
+            // A node deleted and created again (even if this process never
+            // saw it gone) starts with fresh series.
+            let entry = match old.next_if(|(k, _)| k.as_str() == id) {
+                Some(e) if e.1.incarnation == n.incarnation() => Some(e),
+                Some((stale, _)) => {
+                    drop_series(&stale);
+                    None
+                }
+                None => None,
+            };
+            let entry = entry.unwrap_or_else(|| {
+                let s = NodeSeries {
+                    incarnation: n.incarnation(),
+                    routed: m.users_routed.with_label_values(&[id]),
+                    healthy: m.node_healthy.with_label_values(&[id]),
+                    connections: m.node_connections.with_label_values(&[id]),
+                };
+                if let Some(c) = self.health_view(n).connections {
+                    s.connections.set(i64::try_from(c).unwrap_or(i64::MAX));
+                }
+                (id.to_owned(), s)
+            });
+            entry.1.healthy.set(i64::from(!is_unhealthy(n)));
+            kept.push(entry);
+        }
+        for (gone, _) in old {
+            drop_series(&gone);
+        }
+        series.nodes = kept;
     }
 
     /// `rebuild` on a blocking thread (a build over many nodes must not
@@ -880,7 +956,7 @@ impl Controller {
         {
             let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
             for (node, c) in connections {
-                if let (Some(s), Some(c)) = (series.nodes.get(&node), c) {
+                if let (Some(s), Some(c)) = (series.get(&node), c) {
                     s.connections.set(i64::try_from(c).unwrap_or(i64::MAX));
                 }
             }

@@ -45,6 +45,18 @@ pub struct HealthView {
 
 /// A node's status from its stored facts. Expiry wins over probes, probes
 /// over heartbeats: a node is healthy only when nothing says it is down.
+/// The status `derive` gives, without building the view.
+pub fn status(r: &HealthRecord) -> Status {
+    if r.expired_at.is_some() {
+        return Status::Unhealthy;
+    }
+    match (r.probe_down, &r.heartbeat_at) {
+        (Some(true), _) => Status::Unhealthy,
+        (_, Some(_)) | (Some(false), None) => Status::Healthy,
+        (None, None) => Status::Unknown,
+    }
+}
+
 pub fn derive(r: &HealthRecord, ttl: Duration) -> HealthView {
     let view = |status, since: &Option<String>, reason: String| HealthView {
         status,
@@ -191,11 +203,11 @@ impl HealthRegistry {
             .and_then(|r| r.probe_down)
     }
 
-    /// Unhealthy nodes as (id, incarnation), for a table build.
-    pub fn unhealthy(&self) -> HashSet<(String, i64)> {
+    /// Unhealthy nodes as id -> incarnation, for a table build.
+    pub fn unhealthy(&self) -> HashMap<String, i64> {
         self.lock()
             .values()
-            .filter(|r| derive(r, self.ttl).status == Status::Unhealthy)
+            .filter(|r| status(r) == Status::Unhealthy)
             .map(|r| (r.node.clone(), r.incarnation))
             .collect()
     }
@@ -250,6 +262,22 @@ mod tests {
             (v.status, v.reason.as_str()),
             (Status::Unhealthy, "no heartbeat for 10s")
         );
+    }
+
+    #[test]
+    fn the_quick_status_agrees_with_the_view_in_every_case() {
+        let ttl = Duration::from_secs(10);
+        for expired in [false, true] {
+            for probe in [None, Some(false), Some(true)] {
+                for beat in [false, true] {
+                    let mut r = record("a");
+                    r.expired_at = expired.then(|| "2026-01-01T00:00:20.000Z".into());
+                    r.probe_down = probe;
+                    r.heartbeat_at = beat.then(|| "2026-01-01T00:00:01.000Z".into());
+                    assert_eq!(status(&r), derive(&r, ttl).status, "{r:?}");
+                }
+            }
+        }
     }
 
     #[test]

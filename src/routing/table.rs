@@ -313,6 +313,8 @@ pub struct Table {
     overrides: Arc<PreparedOverrides>,
     /// Per pin target: its index among `nodes`, or `NOT_ROUTABLE`.
     pin_node: Box<[u32]>,
+    /// Per routable node: its index in the input's node list.
+    source: Box<[u32]>,
     panic: bool,
     stats: TableStats,
 }
@@ -330,21 +332,20 @@ impl Table {
     /// refuse everyone). O(N log N) in the nodes, O(distinct pin targets) in
     /// the pins: the overrides were indexed when they were loaded.
     pub fn build(input: &TableInput) -> Table {
-        let mut nodes: Vec<&TableNode> = input.nodes.iter().collect();
-        if !nodes.is_sorted_by(|a, b| a.node.id <= b.node.id) {
-            nodes.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+        // (input index, node), in id order.
+        let mut nodes: Vec<(u32, &TableNode)> = (0u32..).zip(&input.nodes).collect();
+        if !nodes.is_sorted_by(|a, b| a.1.node.id <= b.1.node.id) {
+            nodes.sort_by(|a, b| a.1.node.id.cmp(&b.1.node.id));
         }
-        let eligible: Vec<&TableNode> = nodes
-            .iter()
-            .copied()
-            .filter(|n| n.node.eligible())
-            .collect();
-        let healthy: Vec<&TableNode> = eligible.iter().copied().filter(|n| n.healthy).collect();
-        let panic = healthy.is_empty() && !eligible.is_empty();
-        let mut routable = if panic { eligible } else { healthy };
+        nodes.retain(|(_, n)| n.node.eligible());
+        let panic = !nodes.is_empty() && nodes.iter().all(|(_, n)| !n.healthy);
+        if !panic {
+            nodes.retain(|(_, n)| n.healthy);
+        }
         // Candidate indexes are u32 throughout.
-        routable.truncate(u32::MAX as usize - 1);
-        let routable: Vec<Arc<PreparedNode>> = routable.iter().map(|n| n.node.clone()).collect();
+        nodes.truncate(u32::MAX as usize - 1);
+        let source: Box<[u32]> = nodes.iter().map(|(i, _)| *i).collect();
+        let routable: Vec<Arc<PreparedNode>> = nodes.iter().map(|(_, n)| n.node.clone()).collect();
 
         let candidates: Vec<Candidate<'_>> = routable
             .iter()
@@ -359,14 +360,17 @@ impl Table {
         let placement = kind.build(&input.strategy.params, &candidates);
         let uses_region = placement.uses_region();
 
+        // Both lists are in id order: one merge.
+        let mut walk = routable.iter().enumerate().peekable();
         let pin_node = input
             .overrides
             .pin_targets
             .iter()
             .map(|t| {
-                routable
-                    .binary_search_by(|n| (*n.id).cmp(t))
-                    .map_or(NOT_ROUTABLE, |i| i as u32)
+                while walk.next_if(|(_, n)| *n.id < **t).is_some() {}
+                walk.peek()
+                    .filter(|(_, n)| *n.id == **t)
+                    .map_or(NOT_ROUTABLE, |(i, _)| *i as u32)
             })
             .collect::<Box<[u32]>>();
         let pins = pin_node
@@ -390,6 +394,7 @@ impl Table {
             uses_region,
             overrides: input.overrides.clone(),
             pin_node,
+            source,
             panic,
             stats,
         }
@@ -417,6 +422,11 @@ impl Table {
     /// The nodes users can be placed on, in node-id order.
     pub fn nodes(&self) -> &[Arc<PreparedNode>] {
         &self.nodes
+    }
+
+    /// Per routable node (as in `nodes`), its index in the input's node list.
+    pub fn sources(&self) -> &[u32] {
+        &self.source
     }
 
     /// The node index for one uid.

@@ -551,3 +551,39 @@ fn the_revision_follows_every_routing_input_and_nothing_else() {
     labelled[2].intranet.tcp_addr = "10.0.0.9:1".into();
     assert_ne!(base, rev(&labelled, &none, &none));
 }
+
+#[test]
+fn pins_to_many_targets_follow_each_target() {
+    let mut nodes = equal_nodes(50);
+    nodes[7].state = NodeState::Draining;
+    nodes[31].healthy = false;
+    // Pins to every node, to a node that does not exist, in no id order.
+    let mut pins = BTreeMap::new();
+    for i in (0..60).rev() {
+        pins.insert(format!("pinned-{i}"), format!("node-{i:03}"));
+    }
+    let t = Table::build(&TableInput::prepare(
+        &nodes,
+        StrategyInput {
+            name: "t".into(),
+            kind: "weighted".into(),
+            params: json!({}),
+        },
+        &pins,
+        &BTreeMap::new(),
+    ));
+    let unpinned = table("weighted", json!({}), nodes.clone());
+    for i in 0..60 {
+        let uid = format!("pinned-{i}");
+        let got = t.nodes()[t.route(&uid, None).unwrap()].id.to_string();
+        if i < 50 && i != 7 && i != 31 {
+            assert_eq!(got, format!("node-{i:03}"));
+        } else {
+            let free = unpinned.nodes()[unpinned.route(&uid, None).unwrap()]
+                .id
+                .to_string();
+            assert_eq!(got, free, "{uid}");
+        }
+    }
+    assert_eq!(t.stats().pins, 48);
+}
