@@ -673,7 +673,6 @@ impl Controller {
             .map(|&i| series.nodes[i as usize].1.routed.clone())
             .collect();
         series.unhealthy = unhealthy;
-        drop(series);
 
         m.table_build_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -219,12 +219,37 @@ impl Hasher for PassThrough {
     }
 }
 
+/// A per-process random key for the dedupe slots: uid hashes use a public
+/// seed, so without it anyone could craft uids that all land in one run of
+/// slots and make a batch quadratic.
+fn slot_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b) | 1
+    })
+}
+
+/// The keyed slot of a uid hash (murmur3 `fmix64` of hash xor key).
+#[inline]
+fn slot_of(hash: u64, key: u64) -> u64 {
+    let mut x = hash ^ key;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
 /// The uids of one batch seen so far: open addressing over the uids' routing
 /// hashes (no rehashing), linear probing, sized to at most half full.
 struct SeenSet {
     /// Position in the batch + 1 of the uid in each slot; 0 is empty.
     slots: Vec<u32>,
     mask: usize,
+    /// `slot_key()`, read once per batch.
+    key: u64,
 }
 
 impl SeenSet {
@@ -237,13 +262,14 @@ impl SeenSet {
         SeenSet {
             slots: vec![0; size],
             mask: size.wrapping_sub(1),
+            key: slot_key(),
         }
     }
 
     /// Adds the uid at `pos`; false when an equal uid was added before.
     #[inline]
     fn insert(&mut self, hash: u64, pos: usize, hashes: &[u64], uids: &[&str]) -> bool {
-        let mut slot = (hash as usize) & self.mask;
+        let mut slot = (slot_of(hash, self.key) as usize) & self.mask;
         loop {
             match self.slots[slot] {
                 0 => {
@@ -621,5 +647,34 @@ impl std::io::Write for HashWriter<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashes that agree in their low bits (what a crafted batch would
+    /// send) still spread over the slots: probe runs stay short.
+    #[test]
+    fn dedupe_slots_do_not_follow_the_public_hash() {
+        let n = 10_000usize;
+        let hashes: Vec<u64> = (0..n as u64).map(|i| i << 20).collect();
+        let uids: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
+        let mut seen = SeenSet::with_capacity(n);
+        let mut longest = 0;
+        for pos in 0..n {
+            let mut slot = (slot_of(hashes[pos], seen.key) as usize) & seen.mask;
+            let mut run = 0;
+            while seen.slots[slot] != 0 {
+                slot = (slot + 1) & seen.mask;
+                run += 1;
+            }
+            longest = longest.max(run);
+            assert!(seen.insert(hashes[pos], pos, &hashes, &refs));
+        }
+        assert!(longest < 64, "longest probe run {longest}");
+        assert!(!seen.insert(hashes[5], 5, &hashes, &refs));
     }
 }

@@ -38,6 +38,20 @@ fn table(kind: &str, params: Value, nodes: Vec<NodeInput>) -> Table {
     ))
 }
 
+/// A table with pins and no user regions.
+fn pinned_table(kind: &str, nodes: &[NodeInput], pins: &BTreeMap<String, String>) -> Table {
+    Table::build(&TableInput::prepare(
+        nodes,
+        StrategyInput {
+            name: "t".into(),
+            kind: kind.into(),
+            params: json!({}),
+        },
+        pins,
+        &BTreeMap::new(),
+    ))
+}
+
 fn equal_nodes(n: usize) -> Vec<NodeInput> {
     (0..n).map(|i| node(&format!("node-{i:03}"), 100)).collect()
 }
@@ -499,16 +513,7 @@ fn a_node_without_an_external_tcp_addr_never_takes_users() {
     assert!(t.panic_mode());
     assert!(t.nodes().iter().all(|n| n.id() != "node-001"));
     let pins = BTreeMap::from([("vip".to_string(), "node-001".to_string())]);
-    let t = Table::build(&TableInput::prepare(
-        &nodes,
-        StrategyInput {
-            name: "t".into(),
-            kind: "hash".into(),
-            params: json!({}),
-        },
-        &pins,
-        &BTreeMap::new(),
-    ));
+    let t = pinned_table("hash", &nodes, &pins);
     assert_ne!(t.nodes()[t.route("vip", None).unwrap()].id(), "node-001");
     assert_eq!(t.stats().pins, 0);
     // Only address-less nodes: nobody can be routed.
@@ -562,16 +567,7 @@ fn pins_to_many_targets_follow_each_target() {
     for i in (0..60).rev() {
         pins.insert(format!("pinned-{i}"), format!("node-{i:03}"));
     }
-    let t = Table::build(&TableInput::prepare(
-        &nodes,
-        StrategyInput {
-            name: "t".into(),
-            kind: "weighted".into(),
-            params: json!({}),
-        },
-        &pins,
-        &BTreeMap::new(),
-    ));
+    let t = pinned_table("weighted", &nodes, &pins);
     let unpinned = table("weighted", json!({}), nodes.clone());
     for i in 0..60 {
         let uid = format!("pinned-{i}");
