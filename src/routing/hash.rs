@@ -33,15 +33,14 @@ impl StrategyKind for HashKind {
 
 /// Unweighted rendezvous over a fixed candidate list.
 pub struct HashPlacement {
+    /// Candidate seeds, in candidate (node-id) order.
     seeds: Box<[u32]>,
-    twins: Option<hrw::Twins>,
 }
 
 impl HashPlacement {
     pub fn new(candidates: &[Candidate<'_>]) -> Self {
         Self {
             seeds: candidates.iter().map(|c| c.seed.primary).collect(),
-            twins: hrw::Twins::find(candidates.iter().enumerate().map(|(i, c)| (i, c.seed, 1.0))),
         }
     }
 }
@@ -49,10 +48,6 @@ impl HashPlacement {
 impl Placement for HashPlacement {
     #[inline]
     fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
-        let (i, _) = hrw::argmax(uid, &self.seeds)?;
-        Some(match &self.twins {
-            None => i,
-            Some(twins) => twins.resolve(uid, i),
-        })
+        hrw::argmax(uid, &self.seeds).map(|(i, _)| i)
     }
 }

@@ -13,9 +13,9 @@
 //! Because the mixer is a bijection, two nodes with different seeds never tie
 //! for any uid. Two distinct ids can share a 32-bit seed, though (about 1 % of
 //! fleets of 10,000 ids hold such a pair): these "twins" would tie for every
-//! uid. [`Twins`] settles those ties with a second, independent draw per node
-//! (and, should that collide too, a 64-bit hash of the id), so both twins take
-//! users and the answer never depends on the order nodes were created in.
+//! uid. [`effective_seeds`] scores such twins with a second, independent seed
+//! instead, so each takes its own share and every score still depends only on
+//! the uid and the node.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -77,96 +77,43 @@ impl NodeSeed {
     }
 }
 
-/// 64-bit finaliser (murmur3 `fmix64`), for the last-resort tie break.
-#[inline]
-fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^= x >> 33;
-    x
-}
-
-#[derive(Debug, Clone, Copy)]
-struct TwinMember {
-    index: u32,
-    secondary: u32,
-    key: u64,
-    weight: f64,
-}
-
-/// The sets of candidates that share a primary seed, found once per table.
+/// The seed each node is scored with, in input order.
 ///
-/// Twins tie on every uid, and the scan keeps the lowest index, so after a
-/// scan `resolve` picks among the winner's twins by a weighted rendezvous over
-/// their secondary draws (equal weights make that a plain argmax). Which twin
-/// wins depends only on the uid and the twins, never on other nodes: a node
-/// leaving still moves only its own users. The pair as a whole takes the share
-/// of one node of the heavier weight (a known cost of a ~2^-32 coincidence;
-/// each twin still takes users).
-#[derive(Debug, Clone, Default)]
-pub struct Twins {
-    /// (candidate index, set), sorted by index; empty when there are no twins.
-    of: Box<[(u32, u32)]>,
-    sets: Box<[Box<[TwinMember]>]>,
-}
-
-impl Twins {
-    /// Finds the twins among `(candidate index, seed, weight)`; `None` in the
-    /// usual case of no twins at all.
-    pub fn find(seeds: impl Iterator<Item = (usize, NodeSeed, f64)>) -> Option<Twins> {
-        let mut all: Vec<(u32, u32, NodeSeed, f64)> =
-            seeds.map(|(i, s, w)| (s.primary, i as u32, s, w)).collect();
-        all.sort_unstable_by_key(|e| (e.0, e.1));
-        let mut of = Vec::new();
-        let mut sets: Vec<Box<[TwinMember]>> = Vec::new();
-        for run in all.chunk_by(|a, b| a.0 == b.0) {
-            if run.len() < 2 {
-                continue;
-            }
-            let set = sets.len() as u32;
-            sets.push(
-                run.iter()
-                    .map(|&(_, index, s, weight)| {
-                        of.push((index, set));
-                        TwinMember {
-                            index,
-                            secondary: s.secondary,
-                            key: s.key,
-                            weight,
-                        }
-                    })
-                    .collect(),
-            );
+/// A node scores with its primary seed unless another node of the input shares
+/// that primary ("twins": they would tie on every uid and the second would never
+/// take a user). Twins score with their secondary seed instead, an independent
+/// draw, so each takes exactly its own share. The table passes every known
+/// node, whatever its state or health, so a drain, a weight change or a failed
+/// probe never changes a node's seed: only creating or deleting a node's twin
+/// does (then the other twin's users move as if it had re-joined; about
+/// N / 2^32 per created node). Should twins share the secondary too (about
+/// 2^-64 per pair), they fall back to a fold of the 64-bit id hash.
+/// O(N log N), once per table build.
+pub fn effective_seeds(seeds: &[NodeSeed]) -> Vec<u32> {
+    let mut out: Vec<u32> = seeds.iter().map(|s| s.primary).collect();
+    let mut order: Vec<u32> = (0..seeds.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| seeds[i as usize].primary);
+    let mut twins: Vec<u32> = Vec::new();
+    for run in order.chunk_by(|&a, &b| seeds[a as usize].primary == seeds[b as usize].primary) {
+        if run.len() > 1 {
+            twins.extend_from_slice(run);
         }
-        if sets.is_empty() {
-            return None;
-        }
-        of.sort_unstable();
-        Some(Twins {
-            of: of.into(),
-            sets: sets.into(),
-        })
     }
-
-    /// The twin that takes `uid` when candidate `winner` won the scan.
-    #[inline]
-    pub fn resolve(&self, uid: UidHash, winner: usize) -> usize {
-        let Ok(at) = self.of.binary_search_by_key(&(winner as u32), |e| e.0) else {
-            return winner;
-        };
-        let mut best: Option<(f64, u64, u32)> = None;
-        for m in self.sets[self.of[at].1 as usize].iter() {
-            let score = weighted_score(m.weight, score(uid.key32(), m.secondary));
-            let tie = fmix64(uid.0 ^ m.key);
-            // Members are in index order: strictly greater keeps the lowest.
-            if best.is_none_or(|(s, t, _)| score > s || (score == s && tie > t)) {
-                best = Some((score, tie, m.index));
-            }
-        }
-        best.map_or(winner, |(_, _, i)| i as usize)
+    if twins.is_empty() {
+        return out;
     }
+    twins.sort_unstable_by_key(|&i| seeds[i as usize].secondary);
+    for run in twins.chunk_by(|&a, &b| seeds[a as usize].secondary == seeds[b as usize].secondary) {
+        for &i in run {
+            let s = seeds[i as usize];
+            out[i as usize] = if run.len() > 1 {
+                (s.key ^ (s.key >> 32)) as u32
+            } else {
+                s.secondary
+            };
+        }
+    }
+    out
 }
 
 /// Score of a (uid, node) pair.
@@ -326,23 +273,27 @@ mod tests {
     }
 
     #[test]
-    fn twins_are_found_and_both_take_users() {
+    fn twins_score_with_their_secondary_seed_and_both_take_users() {
         // Two real ids whose primary seeds collide.
         let (a, b) = (NodeSeed::of("gw-27287"), NodeSeed::of("gw-84159"));
         assert_eq!(a.primary, b.primary, "the pair must collide for this test");
         assert_ne!(a.secondary, b.secondary);
         let other = NodeSeed::of("gw-1");
-        let twins = Twins::find([(0, a, 1.0), (1, other, 1.0), (2, b, 1.0)].into_iter()).unwrap();
-        assert!(Twins::find([(0, a, 1.0), (1, other, 1.0)].into_iter()).is_none());
+        assert_eq!(effective_seeds(&[a, other]), vec![a.primary, other.primary]);
+        let seeds = effective_seeds(&[a, other, b]);
+        assert_eq!(seeds, vec![a.secondary, other.primary, b.secondary]);
         let mut wins = [0usize; 3];
         for u in 0..10_000 {
-            let uid = uid_hash(&format!("u{u}"));
-            let seeds = [a.primary, other.primary, b.primary];
-            let (i, _) = argmax(uid, &seeds).unwrap();
-            wins[twins.resolve(uid, i)] += 1;
+            wins[argmax(uid_hash(&format!("u{u}")), &seeds).unwrap().0] += 1;
         }
-        assert!(wins[0] > 2000 && wins[2] > 2000, "{wins:?}");
-        assert_eq!(twins.resolve(uid_hash("x"), 1), 1);
+        assert!(wins.iter().all(|&w| w > 3000), "{wins:?}");
+        // Twins of both draws fall back to the id hash.
+        let c = NodeSeed {
+            key: a.key ^ 1,
+            ..a
+        };
+        let seeds = effective_seeds(&[a, c]);
+        assert_ne!(seeds[0], seeds[1]);
     }
 
     #[test]

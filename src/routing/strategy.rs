@@ -22,7 +22,9 @@ pub struct Candidate<'a> {
     pub id: &'a str,
     pub region: Option<&'a str>,
     pub weight: u16,
-    /// `NodeSeed::of(id)`, computed once per node change.
+    /// `NodeSeed::of(id)`, computed once per node change, with `primary`
+    /// replaced by the seed to score with ([`super::hrw::effective_seeds`]):
+    /// placements score `seed.primary` and need nothing else.
     pub seed: NodeSeed,
 }
 

@@ -358,6 +358,10 @@ impl Table {
     /// refuse everyone). O(N log N) in the nodes, O(distinct pin targets) in
     /// the pins: the overrides were indexed when they were loaded.
     pub fn build(input: &TableInput) -> Table {
+        // Twins are found among all nodes, whatever their state or health, so
+        // a drain or a failed probe never changes which seed a node scores with.
+        let seeds: Vec<hrw::NodeSeed> = input.nodes.iter().map(|n| n.node.seed).collect();
+        let scored = hrw::effective_seeds(&seeds);
         // (input index, node), in id order.
         let mut nodes: Vec<(u32, &TableNode)> = (0u32..).zip(&input.nodes).collect();
         if !nodes.is_sorted_by(|a, b| a.1.node.id <= b.1.node.id) {
@@ -375,11 +379,15 @@ impl Table {
 
         let candidates: Vec<Candidate<'_>> = routable
             .iter()
-            .map(|n| Candidate {
+            .zip(&source)
+            .map(|(n, &i)| Candidate {
                 id: &n.id,
                 region: n.region.as_deref(),
                 weight: n.weight,
-                seed: n.seed,
+                seed: hrw::NodeSeed {
+                    primary: scored[i as usize],
+                    ..n.seed
+                },
             })
             .collect();
         let kind = strategy::kind(&input.strategy.kind).unwrap_or(strategy::BUILTIN[0]);

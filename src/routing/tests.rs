@@ -461,20 +461,69 @@ fn twin_ids_both_take_users_in_every_kind() {
         let mut reversed = set.clone();
         reversed.reverse();
         assert_eq!(assign(&table(kind, json!({}), reversed), &users), assigned);
-        // Either twin leaving moves only its own users.
-        for gone in ["gw-27287", "gw-84159"] {
-            let rest: Vec<NodeInput> = set.iter().filter(|n| n.id != gone).cloned().collect();
-            let after = assign(&table(kind, json!({}), rest), &users);
-            let heavier_left = weights.0 != weights.1
-                && set.iter().find(|n| n.id == gone).unwrap().weight == weights.0.max(weights.1);
+        // Each twin takes its own share: with 10 nodes of the weights
+        // above, a twin's expected share is its weight over the total.
+        let total: u32 = set.iter().map(|n| u32::from(n.weight)).sum();
+        for (twin, w) in [("gw-27287", weights.0), ("gw-84159", weights.1)] {
+            let expected = users.len() as f64 * f64::from(w) / f64::from(total);
+            let got = c.get(twin).copied().unwrap_or(0) as f64;
+            let expected = if kind == "hash" {
+                users.len() as f64 / 10.0
+            } else {
+                expected
+            };
+            assert!(
+                (got - expected).abs() < 0.15 * expected,
+                "{kind} {weights:?}: {twin} takes {got}, expected about {expected}"
+            );
+        }
+        // Either twin draining moves only its own users, and so does a node
+        // draining that is not a twin.
+        for gone in ["gw-27287", "gw-84159", "gw-3"] {
+            let mut drained = set.clone();
+            for n in drained.iter_mut().filter(|n| n.id == gone) {
+                n.state = NodeState::Draining;
+            }
+            let after = assign(&table(kind, json!({}), drained), &users);
             for (b, a) in assigned.iter().zip(&after) {
-                if b != gone && !heavier_left {
-                    assert_eq!(a, b, "{kind} {weights:?}: {gone} left");
+                if b != gone {
+                    assert_eq!(a, b, "{kind} {weights:?}: {gone} drained");
                 }
-                if b != gone && heavier_left {
-                    // The pair took the share of its heavier member: when
-                    // that one leaves, only the pair's users may move.
-                    assert!(a == b || b.starts_with("gw-27287") || b.starts_with("gw-84159"));
+            }
+        }
+        // Deleting a twin makes the other one score with its primary seed:
+        // only users of the pair, and users to the survivor, move.
+        let rest: Vec<NodeInput> = set.iter().filter(|n| n.id != "gw-27287").cloned().collect();
+        let after = assign(&table(kind, json!({}), rest), &users);
+        for (b, a) in assigned.iter().zip(&after) {
+            assert!(
+                a == b || b == "gw-27287" || b == "gw-84159" || a == "gw-84159",
+                "{kind} {weights:?}: {b} -> {a} when a twin was deleted"
+            );
+        }
+        // A node joining takes users only for itself.
+        let mut more = set.clone();
+        more.push(node("gw-new", 200));
+        let after = assign(&table(kind, json!({}), more), &users);
+        for (b, a) in assigned.iter().zip(&after) {
+            assert!(
+                a == b || a == "gw-new",
+                "{kind} {weights:?}: {b} -> {a} on a join"
+            );
+        }
+        // A twin's weight change moves users only to or from that twin.
+        if kind == "weighted" {
+            for (at, twin) in [(8, "gw-27287"), (9, "gw-84159")] {
+                for w in [1, 50, 700] {
+                    let mut changed = set.clone();
+                    changed[at].weight = w;
+                    let after = assign(&table(kind, json!({}), changed), &users);
+                    for (b, a) in assigned.iter().zip(&after) {
+                        assert!(
+                            a == b || a == twin || b == twin,
+                            "{weights:?}, {twin} to {w}: {b} -> {a}"
+                        );
+                    }
                 }
             }
         }

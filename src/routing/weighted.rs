@@ -49,7 +49,6 @@ struct WeightGroup {
 pub struct WeightedPlacement {
     /// By ascending weight.
     groups: Box<[WeightGroup]>,
-    twins: Option<hrw::Twins>,
 }
 
 impl WeightedPlacement {
@@ -70,14 +69,7 @@ impl WeightedPlacement {
                 index: members.into(),
             })
             .collect();
-        let twins = hrw::Twins::find(
-            candidates
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.weight > 0)
-                .map(|(i, c)| (i, c.seed, f64::from(c.weight))),
-        );
-        Self { groups, twins }
+        Self { groups }
     }
 }
 
@@ -112,10 +104,6 @@ impl Placement for WeightedPlacement {
                 _ => Some((score, index)),
             };
         }
-        let (_, i) = best?;
-        Some(match &self.twins {
-            None => i as usize,
-            Some(twins) => twins.resolve(uid, i as usize),
-        })
+        best.map(|(_, i)| i as usize)
     }
 }
