@@ -102,8 +102,21 @@ impl NodeSpec {
         }
     }
 
-    /// Checks every rule of the contract; the error names the field.
+    /// Checks every rule of the contract; the error names the field. A node
+    /// must have an external `tcp_addr`: every client connects to it.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_fields()?;
+        if self.external.tcp_addr.is_empty() {
+            return Err(
+                "external.tcp_addr: required: clients connect to this host:port".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Every rule but the required address: the overrides file may patch a
+    /// stored node it cannot see (`imroute check-config` has no database).
+    pub fn validate_fields(&self) -> Result<(), String> {
         if !valid_id(&self.id) {
             return Err(format!(
                 "id: must match [A-Za-z0-9._-]{{1,64}}, got {:?}",

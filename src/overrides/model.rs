@@ -1,7 +1,7 @@
 //! The overrides file: its YAML model, validation against what is stored, and
 //! how it is layered over stored nodes. Pure: no I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -145,20 +145,31 @@ impl Overrides {
         let no_nodes = Vec::new();
         let stored_nodes = stored.map_or(&no_nodes, |s| &s.nodes);
         let mut known: BTreeSet<&str> = stored_nodes.iter().map(|n| n.spec.id.as_str()).collect();
+        let by_id: HashMap<&str, &NodeRecord> = stored_nodes
+            .iter()
+            .map(|n| (n.spec.id.as_str(), n))
+            .collect();
         for (id, patch) in &self.nodes {
             if !valid_id(id) {
                 return Err(format!(
                     "nodes.{id}: node id must match [A-Za-z0-9._-]{{1,64}}"
                 ));
             }
-            let base = stored_nodes
-                .iter()
-                .find(|n| &n.spec.id == id)
-                .map_or_else(|| NodeSpec::new(id.clone()), |n| n.spec.clone());
-            patch
-                .apply(&base)
-                .validate()
+            let found = by_id.get(id.as_str());
+            let base = found.map_or_else(|| NodeSpec::new(id.clone()), |n| n.spec.clone());
+            let spec = patch.apply(&base);
+            spec.validate_fields()
                 .map_err(|e| format!("nodes.{id}.{e}"))?;
+            // A node without an external address takes no users and no
+            // client could connect to it: the file may not clear one, nor
+            // create a node without one.
+            let clears = patch.external.as_ref().and_then(|e| e.tcp_addr.as_deref()) == Some("");
+            let file_only = stored.is_some() && found.is_none();
+            if spec.external.tcp_addr.is_empty() && (clears || file_only) {
+                return Err(format!(
+                    "nodes.{id}.external.tcp_addr: required: clients connect to this host:port"
+                ));
+            }
             known.insert(id);
         }
         for (uid, node) in &self.pins {

@@ -107,7 +107,7 @@ async fn acknowledged_writes_survive_a_sigkill_during_writes() {
                     let sent = client
                         .post(format!("{addr}/admin/nodes"))
                         .bearer_auth(TOKEN)
-                        .json(&json!({"id": id, "weight": i}))
+                        .json(&json!({"id": id, "weight": i, "external": {"tcp_addr": "10.0.0.1:5100"}}))
                         .send()
                         .await;
                     match sent {

@@ -446,7 +446,7 @@ async fn concurrent_writers_lose_no_update_and_readers_see_whole_snapshots() {
                     .admin(
                         Method::POST,
                         "/admin/nodes",
-                        Some(json!({"id": format!("tmp{generation}")})),
+                        Some(json!({"id": format!("tmp{generation}"), "external": {"tcp_addr": "10.9.9.9:1"}})),
                     )
                     .await;
                 assert_eq!(resp.status(), 201);
@@ -616,7 +616,7 @@ async fn every_admin_change_is_in_the_audit_trail_with_its_request_id() {
     with_id(
         Method::POST,
         "/admin/nodes",
-        json!({"id": "a", "weight": 3}),
+        json!({"id": "a", "weight": 3, "external": {"tcp_addr": "10.0.0.1:1"}}),
         "req-1",
     )
     .await

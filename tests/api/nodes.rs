@@ -33,7 +33,11 @@ async fn post_creates_a_node_with_defaults_and_bookkeeping() {
     assert_eq!(node["created_at"], node["updated_at"]);
 
     let (status, body) = app
-        .admin_json(Method::POST, "/admin/nodes", Some(json!({"id": "gw-1"})))
+        .admin_json(
+            Method::POST,
+            "/admin/nodes",
+            Some(json!({"id": "gw-1", "external": {"tcp_addr": "10.0.0.1:1"}})),
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "conflict");
@@ -72,6 +76,12 @@ async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
             "intranet.wss_addr:",
         ),
         (json!({"id": "n", "region": "e u"}), "region:"),
+        // Every client connects to the external tcp_addr: no node without one.
+        (json!({"id": "n"}), "external.tcp_addr: required"),
+        (
+            json!({"id": "n", "external": {"tcp_addr": "", "ws_addr": "ws://h:1"}}),
+            "external.tcp_addr: required",
+        ),
         // A value of the wrong type is caught by the framework, whose message
         // names the expected type rather than the field.
         (
@@ -92,6 +102,34 @@ async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
     }
     let (_, nodes) = app.admin_json(Method::GET, "/admin/nodes", None).await;
     assert_eq!(nodes, json!([]));
+    // Neither PUT nor PATCH may leave a node without its address.
+    let (status, _) = app
+        .admin_json(
+            Method::POST,
+            "/admin/nodes",
+            Some(json!({"id": "n", "external": {"tcp_addr": "10.0.0.1:1"}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for (method, body) in [
+        (Method::PUT, json!({"id": "n", "weight": 5})),
+        (Method::PATCH, json!({"external": {"tcp_addr": ""}})),
+    ] {
+        let (status, err) = app
+            .admin_json(method.clone(), "/admin/nodes/n", Some(body))
+            .await;
+        assert_eq!(status, 400, "{method}: {err}");
+        assert!(
+            err["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("external.tcp_addr: required"),
+            "{err}"
+        );
+    }
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/n", None).await;
+    assert_eq!(node["external"]["tcp_addr"], "10.0.0.1:1");
+    assert_eq!(node["version"], 1);
 }
 
 #[tokio::test]
@@ -107,7 +145,7 @@ async fn put_creates_then_replaces_the_whole_node() {
         .admin(
             Method::PUT,
             "/admin/nodes/gw-1",
-            Some(json!({"id": "gw-1"})),
+            Some(json!({"id": "gw-1", "external": {"tcp_addr": "10.1.1.2:2"}})),
         )
         .await;
     assert_eq!(resp.status(), 200);
@@ -116,7 +154,7 @@ async fn put_creates_then_replaces_the_whole_node() {
     assert_eq!(node["weight"], 100, "omitted fields take their defaults");
     assert!(node.get("region").is_none());
     assert_eq!(node["labels"], json!({}));
-    assert_eq!(node["external"]["tcp_addr"], "");
+    assert_eq!(node["external"]["tcp_addr"], "10.1.1.2:2");
     assert_eq!(node["version"], 2);
 
     let (status, err) = app

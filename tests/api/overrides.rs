@@ -253,29 +253,45 @@ async fn nodes_that_exist_only_in_the_file_route_users() {
     assert_eq!(status, 409, "{err}");
 }
 
-/// A client cannot connect to a node without an external `tcp_addr`: such a
-/// node never takes users, whether it exists only in the file or the file
-/// clears a stored node's address.
+/// A client cannot connect to a node without an external `tcp_addr`: a file
+/// that creates such a node or clears a stored node's address is refused
+/// whole, and routing keeps the last good overrides.
 #[tokio::test]
-async fn a_node_without_an_external_tcp_addr_takes_no_users() {
+async fn a_file_may_not_leave_a_node_without_an_external_tcp_addr() {
     let app = two_nodes().await;
-    std::fs::write(
-        app.overrides_path(),
-        "nodes:\n  gw-9: {region: eu}\n  gw-2: {external: {tcp_addr: \"\"}}\n",
-    )
-    .unwrap();
+    std::fs::write(app.overrides_path(), "nodes:\n  gw-1: {weight: 7}\n").unwrap();
     let (status, body) = app
         .admin_json(Method::POST, "/admin/overrides/reload", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let uids: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
-    let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
-    let groups: Vec<Value> = app.batch(&refs).await.json().await.unwrap();
-    assert_eq!(groups.len(), 1, "{groups:?}");
-    assert_eq!(groups[0]["node_id"], "gw-1");
-    assert_eq!(groups[0]["uids"].as_array().unwrap().len(), 200);
-    let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
-    assert_eq!(routing["nodes_routable"], 1, "{routing}");
+    let (_, before) = app.admin_json(Method::GET, "/admin/routing", None).await;
+    for (file, field) in [
+        (
+            "nodes:\n  gw-9: {region: eu}\n",
+            "nodes.gw-9.external.tcp_addr",
+        ),
+        (
+            "nodes:\n  gw-2: {external: {tcp_addr: \"\"}}\n",
+            "nodes.gw-2.external.tcp_addr",
+        ),
+    ] {
+        std::fs::write(app.overrides_path(), file).unwrap();
+        let (status, err) = app
+            .admin_json(Method::POST, "/admin/overrides/reload", None)
+            .await;
+        assert_eq!(status, 400, "{file}: {err}");
+        assert!(err["msg"].as_str().unwrap().contains(field), "{err}");
+        let (_, status) = app.admin_json(Method::GET, "/admin/overrides", None).await;
+        assert!(
+            status["error"].as_str().unwrap().contains(field),
+            "{status}"
+        );
+        let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
+        assert_eq!(routing["revision"], before["revision"], "{file}");
+        assert_eq!(routing["nodes_routable"], 2, "{routing}");
+    }
+    let (_, node) = app.admin_json(Method::GET, "/admin/nodes/gw-1", None).await;
+    assert_eq!(node["weight"], 7, "the last good file still applies");
 }
 
 #[tokio::test]

@@ -233,7 +233,7 @@ async fn the_revision_changes_with_routing_inputs_and_only_then() {
         (
             Method::POST,
             "/admin/nodes",
-            json!({"id": "off", "state": "disabled"}),
+            json!({"id": "off", "state": "disabled", "external": {"tcp_addr": "10.0.0.9:1"}}),
         ),
     ];
     for (method, path, body) in unread {
