@@ -1377,11 +1377,18 @@ impl Controller {
         let checked = tokio::task::spawn_blocking(move || {
             parsed.validate(Some(&stored), max_uid)?;
             let prepared = PreparedOverrides::new(&parsed.pins, &parsed.user_regions);
-            Ok::<_, String>((parsed, prepared))
+            let refs = parsed.referenced_nodes();
+            let ids: HashSet<&str> = stored.nodes.iter().map(|n| n.spec.id.as_str()).collect();
+            let stored_refs = refs
+                .iter()
+                .filter(|r| ids.contains(r.as_str()))
+                .cloned()
+                .collect();
+            Ok::<_, String>((parsed, prepared, refs, stored_refs))
         })
         .await
         .map_err(|_| "internal error".to_string())?;
-        let (parsed, prepared) = match checked {
+        let (parsed, prepared, refs, stored_refs) = match checked {
             Ok(checked) => checked,
             Err(e) => return self.reload_failed(e),
         };
@@ -1394,11 +1401,14 @@ impl Controller {
         let saved = SavedOverrides {
             content,
             revision: revision.clone(),
-            refs: parsed.referenced_nodes(),
+            refs,
+            stored_refs,
             active_strategy: parsed.active_strategy.clone(),
             loaded_at: now.clone(),
         };
-        self.save_overrides(saved, actor).await;
+        if let Err(e) = self.save_overrides(saved, actor).await {
+            return self.reload_failed(e);
+        }
         let parsed = Arc::new(parsed);
         self.lock_inputs()
             .set_overrides(parsed.clone(), Arc::new(prepared));
@@ -1425,11 +1435,18 @@ impl Controller {
 
     /// Saves the last good overrides unless already saved; owes the save
     /// when the store is down (the change feed retries it).
-    async fn save_overrides(self: &Arc<Self>, saved: SavedOverrides, actor: &Actor) {
+    /// Keeps `saved` as this replica's last good overrides. `Err` when the
+    /// store refuses them (a node or strategy they name was deleted by another
+    /// replica since they were validated); any other failure is retried later.
+    async fn save_overrides(
+        self: &Arc<Self>,
+        saved: SavedOverrides,
+        actor: &Actor,
+    ) -> Result<(), String> {
         let previous = {
             let guard = self.overrides_saved_lock();
             if guard.0 == saved.revision && guard.1.is_none() {
-                return;
+                return Ok(());
             }
             guard.0.clone()
         };
@@ -1447,11 +1464,13 @@ impl Controller {
         let mut guard = self.overrides_saved_lock();
         match result {
             Ok(()) => *guard = (saved.revision, None),
+            Err(StoreError::Conflict(msg)) => return Err(msg),
             Err(error) => {
                 tracing::warn!(error = %error, "Cannot save the overrides as the last good ones yet; will retry");
                 guard.1 = Some((saved, actor.clone()));
             }
         }
+        Ok(())
     }
 
     /// Retries a save of the last good overrides that the store missed.
@@ -1461,7 +1480,11 @@ impl Controller {
             let _w = self.write.lock().await;
             // A newer reload may have replaced it meanwhile.
             if self.overrides_saved_lock().1.is_none() {
-                self.save_overrides(saved, &actor).await;
+                if let Err(e) = self.save_overrides(saved, &actor).await {
+                    // Applied while the store was down; the change feed will
+                    // bring the delete, and the node leaves routing then.
+                    tracing::warn!(error = %e, "The overrides in effect name something deleted meanwhile; not kept as the last good ones");
+                }
             }
         }
     }

@@ -92,6 +92,10 @@ pub struct SavedOverrides {
     pub revision: String,
     /// Node ids the file patches or pins (a delete of those is refused).
     pub refs: Vec<String>,
+    /// Of `refs`, those that were stored when the file was validated. The
+    /// save fails with `Conflict` if one of them is gone by then (another
+    /// replica deleted it meanwhile); not kept, so a load returns it empty.
+    pub stored_refs: Vec<String>,
     /// The strategy the file makes active (a delete of it is refused).
     pub active_strategy: Option<String>,
     pub loaded_at: String,
@@ -210,6 +214,20 @@ pub enum StoreError {
     Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A save of overrides that name a node deleted since they were validated.
+pub(crate) fn gone_node(id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "node {id:?} named by the file was deleted meanwhile"
+    ))
+}
+
+/// A save of overrides whose active strategy was deleted since.
+pub(crate) fn gone_strategy(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "active_strategy: strategy {name:?} was deleted meanwhile"
+    ))
 }
 
 impl StoreError {

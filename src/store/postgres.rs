@@ -24,9 +24,10 @@ use sqlx::{
 };
 
 use super::{
-    check_version, node_json, now_rfc3339, rfc3339, rows, strategy_json, Actor, AuditEntry, Change,
-    Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo,
-    SavedOverrides, Signal, Store, StoreError, Stored, Written, CHANGES_KEPT,
+    check_version, gone_node, gone_strategy, node_json, now_rfc3339, rfc3339, rows, strategy_json,
+    Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn,
+    ProbeVerdict, ReplicaInfo, SavedOverrides, Signal, Store, StoreError, Stored, Written,
+    CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -911,6 +912,33 @@ impl Store for PostgresStore {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The counter lock orders this save with every delete (which takes it
+        // before reading the files' references): either the delete sees this
+        // file's references and is refused, or this save sees the node gone.
+        sqlx::query("SELECT change_seq FROM cluster_state WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        if !saved.stored_refs.is_empty() {
+            let present: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM nodes WHERE id = ANY($1)")
+                    .bind(&saved.stored_refs)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let present: std::collections::HashSet<&str> =
+                present.iter().map(String::as_str).collect();
+            if let Some(id) = saved
+                .stored_refs
+                .iter()
+                .find(|id| !present.contains(id.as_str()))
+            {
+                return Err(gone_node(id));
+            }
+        }
+        if let Some(name) = &saved.active_strategy {
+            if get_strategy(&mut tx, name).await?.is_none() {
+                return Err(gone_strategy(name));
+            }
+        }
         let refs =
             serde_json::to_value(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
         sqlx::query(
@@ -960,6 +988,7 @@ impl Store for PostgresStore {
                 content: row.try_get("content")?,
                 revision: row.try_get("revision")?,
                 refs: serde_json::from_value(refs).unwrap_or_default(),
+                stored_refs: Vec::new(),
                 active_strategy: row.try_get("active_strategy")?,
                 loaded_at: row.try_get("loaded_at")?,
             })

@@ -13,9 +13,10 @@ use sqlx::{
 };
 
 use super::{
-    check_version, memory::MemoryHealth, node_json, now_rfc3339, rows, strategy_json, Actor,
-    AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn, ProbeVerdict,
-    ReplicaInfo, SavedOverrides, Store, StoreError, Stored, Written, CHANGES_KEPT,
+    check_version, gone_node, gone_strategy, memory::MemoryHealth, node_json, now_rfc3339, rows,
+    strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener,
+    NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Store, StoreError, Stored, Written,
+    CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -644,6 +645,17 @@ impl Store for SqliteStore {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        // One writer at a time: nothing can delete them before the commit.
+        for id in &saved.stored_refs {
+            if get_node(&mut tx, id).await?.is_none() {
+                return Err(gone_node(id));
+            }
+        }
+        if let Some(name) = &saved.active_strategy {
+            if get_strategy(&mut tx, name).await?.is_none() {
+                return Err(gone_strategy(name));
+            }
+        }
         let refs =
             serde_json::to_string(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
         sqlx::query(
@@ -687,6 +699,7 @@ impl Store for SqliteStore {
                 content: row.try_get("content")?,
                 revision: row.try_get("revision")?,
                 refs: serde_json::from_str(&refs).unwrap_or_default(),
+                stored_refs: Vec::new(),
                 active_strategy: None,
                 loaded_at: row.try_get("loaded_at")?,
             })

@@ -62,6 +62,7 @@ on_both_stores!(
     heartbeats_need_a_stored_node_and_a_new_incarnation_starts_clean,
     expiry_and_probe_verdicts_are_stored,
     the_last_good_overrides_are_kept_with_one_audit_row_per_revision,
+    overrides_naming_a_node_deleted_since_validation_are_refused,
     replicas_report_themselves,
 );
 
@@ -320,6 +321,7 @@ async fn the_last_good_overrides_are_kept_with_one_audit_row_per_revision(store:
         content: "pins: {vip: a}\n".into(),
         revision: "abc".into(),
         refs: vec!["a".into()],
+        stored_refs: Vec::new(),
         active_strategy: None,
         loaded_at: "2026-01-01T00:00:00.000Z".into(),
     };
@@ -339,6 +341,53 @@ async fn the_last_good_overrides_are_kept_with_one_audit_row_per_revision(store:
         .filter(|r| r.action == "overrides.reload")
         .count();
     assert_eq!(reloads, 1);
+}
+
+/// Another replica can delete a node between this replica's validation of
+/// its file and the save: the save is then refused and nothing is kept.
+async fn overrides_naming_a_node_deleted_since_validation_are_refused(store: Arc<dyn Store>) {
+    store.create_node(&spec("a"), &actor("w")).await.unwrap();
+    store.create_node(&spec("b"), &actor("w")).await.unwrap();
+    store
+        .delete_node("b", None, "r2", &actor("w"))
+        .await
+        .unwrap();
+    let saved = SavedOverrides {
+        content: "pins: {vip: a, vop: b}\n".into(),
+        revision: "abc".into(),
+        refs: vec!["a".into(), "b".into(), "file-only".into()],
+        stored_refs: vec!["a".into(), "b".into()],
+        active_strategy: None,
+        loaded_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    let err = store
+        .save_overrides("r1", &saved, Some(""), &actor("w"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("\"b\"")),
+        "{err:?}"
+    );
+    assert!(store.load_overrides("r1").await.unwrap().is_none());
+    let gone_strategy = SavedOverrides {
+        stored_refs: vec!["a".into()],
+        active_strategy: Some("nope".into()),
+        ..saved.clone()
+    };
+    let err = store
+        .save_overrides("r1", &gone_strategy, Some(""), &actor("w"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let fine = SavedOverrides {
+        stored_refs: vec!["a".into()],
+        ..saved
+    };
+    store
+        .save_overrides("r1", &fine, Some(""), &actor("w"))
+        .await
+        .unwrap();
+    assert!(store.load_overrides("r1").await.unwrap().is_some());
 }
 
 async fn replicas_report_themselves(store: Arc<dyn Store>) {
