@@ -1104,9 +1104,14 @@ impl Controller {
             let _w = ctl.write.lock().await;
             let refs = ctl.lock_inputs().overrides.references(&id);
             if !refs.is_empty() {
+                // A node can carry a million pins: name a few.
+                const NAMED: usize = 5;
+                let mut named = refs[..refs.len().min(NAMED)].join(", ");
+                if refs.len() > NAMED {
+                    named.push_str(&format!(" and {} more", refs.len() - NAMED));
+                }
                 return Err(ControlError::Conflict(format!(
-                    "node {id} is named by the overrides file ({}); remove it there first",
-                    refs.join(", ")
+                    "node {id} is named by the overrides file ({named}); remove it there first"
                 )));
             }
             let w = ctl

@@ -43,9 +43,9 @@ pub struct HealthView {
     pub connections: Option<u64>,
 }
 
-/// A node's status from its stored facts. Expiry wins over probes, probes
-/// over heartbeats: a node is healthy only when nothing says it is down.
-/// The status `derive` gives, without building the view.
+/// A node's status from its stored facts (the status [`derive`] gives,
+/// without building the view). Expiry wins over probes, probes over
+/// heartbeats: a node is healthy only when nothing says it is down.
 pub fn status(r: &HealthRecord) -> Status {
     if r.expired_at.is_some() {
         return Status::Unhealthy;
@@ -57,6 +57,7 @@ pub fn status(r: &HealthRecord) -> Status {
     }
 }
 
+/// The view of a node's health: [`status`] with its reason and since.
 pub fn derive(r: &HealthRecord, ttl: Duration) -> HealthView {
     let view = |status, since: &Option<String>, reason: String| HealthView {
         status,

@@ -754,7 +754,9 @@ async fn a_node_the_file_patches_or_pins_to_cannot_be_deleted_until_the_file_let
 
     // The file lets go of gw-1 (the watcher reloads it): gw-1 can go, gw-2
     // is still pinned to.
-    std::fs::write(&path, "pins:\n  vip: gw-2\n").unwrap();
+    // Many pins to one node: the refusal names a few and counts the rest.
+    let many: String = (0..9).map(|i| format!("  v{i}: gw-2\n")).collect();
+    std::fs::write(&path, format!("pins:\n  vip: gw-2\n{many}")).unwrap();
     let s2 = wait_for_reload(&app, &s1).await;
     assert_eq!(s2["status"], "ok", "{s2}");
     let resp = app.admin(Method::DELETE, "/admin/nodes/gw-1", None).await;
@@ -763,7 +765,11 @@ async fn a_node_the_file_patches_or_pins_to_cannot_be_deleted_until_the_file_let
         .admin_json(Method::DELETE, "/admin/nodes/gw-2", None)
         .await;
     assert_eq!(status, 409, "{err}");
-    assert!(err["msg"].as_str().unwrap().contains("pins.vip"), "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("pins.v0") && msg.contains("and 5 more"),
+        "{msg}"
+    );
 
     std::fs::write(&path, "pins: {}\n").unwrap();
     let s3 = wait_for_reload(&app, &s2).await;
