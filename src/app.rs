@@ -2,10 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use poem::{
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    Server,
-};
+use tokio::net::TcpListener;
 
 use crate::{
     api::{auth::generate_token, build_app, AppState},
@@ -13,6 +10,7 @@ use crate::{
     control::{tasks, Controller, Identity},
     metrics::Metrics,
     overrides::watcher,
+    server::{self, Bound, ConnLimits, Role, Tls, TlsError},
     store::{self, StoreError},
 };
 
@@ -27,11 +25,16 @@ pub enum AppError {
     },
     #[error("cannot watch the overrides file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     addr: SocketAddr,
+    admin: Option<(TcpListener, SocketAddr)>,
+    tls: Option<Arc<Tls>>,
+    limits: ConnLimits,
     state: Arc<AppState>,
     _watcher: watcher::WatcherHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -43,21 +46,39 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, AppError> {
         tracing::info!(config = ?config.redacted(), "Starting imroute {}", env!("CARGO_PKG_VERSION"));
         // Bind first: the replica's default name carries the port.
-        let acceptor = TcpListener::bind(config.listen.clone())
-            .into_acceptor()
-            .await
-            .map_err(|source| AppError::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| AppError::Listen {
-                addr: config.listen.clone(),
-                source: std::io::Error::other("no local address"),
-            })?;
+        let (listener, addr) = bind(&config.listen).await?;
+        let admin = match &config.admin_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let tls = match config.tls.paths() {
+            Some((cert, key)) => Some(Tls::load(cert, key)?),
+            None => None,
+        };
+        let fd_limit = server::descriptor_limit();
+        let cap = server::connection_cap(config.limits.max_connections, fd_limit);
+        if cap < config.limits.max_connections {
+            tracing::warn!(
+                fd_limit,
+                max_connections = cap,
+                configured = config.limits.max_connections,
+                "limits.max_connections lowered to fit the file descriptor limit"
+            );
+        } else {
+            tracing::info!(fd_limit, max_connections = cap, "Connection limit");
+        }
+        let limits = ConnLimits {
+            header_timeout: Duration::from_millis(config.limits.header_timeout_ms),
+            idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+            max_connections: cap,
+        };
+        let access = crate::api::AdminAccess {
+            separate: admin.is_some(),
+            allow: config.admin_networks().map_err(|e| AppError::Listen {
+                addr: "admin_allow".into(),
+                source: std::io::Error::other(e),
+            })?,
+        };
         let me = Identity {
             id: config
                 .cluster
@@ -89,11 +110,24 @@ impl Application {
         let watcher = watcher::spawn(ctl.clone())?;
         watcher::spawn_sighup(ctl.clone());
         let tasks = tasks::spawn_all(&ctl);
-        tracing::info!(%addr, "Listening");
+        match &admin {
+            Some((_, admin_addr)) => {
+                tracing::info!(%addr, %admin_addr, tls = tls.is_some(), "Listening")
+            }
+            None => tracing::info!(%addr, tls = tls.is_some(), "Listening"),
+        }
         Ok(Application {
-            acceptor,
+            listener,
             addr,
-            state: Arc::new(AppState { ctl, token }),
+            admin,
+            tls,
+            limits,
+            state: Arc::new(AppState {
+                ctl,
+                token,
+                access,
+                body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
+            }),
             _watcher: watcher,
             tasks,
         })
@@ -105,6 +139,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.1)
     }
 
     pub fn admin_token(&self) -> &str {
@@ -123,9 +162,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let app = build_app(self.state.clone());
-        let result = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
-            .await;
+        let mut listeners = vec![Bound {
+            listener: self.listener,
+            role: Role::Public,
+        }];
+        if let Some((listener, _)) = self.admin {
+            listeners.push(Bound {
+                listener,
+                role: Role::Admin,
+            });
+        }
+        let metrics = self.state.ctl.metrics.clone();
+        let result = server::serve(app, listeners, self.limits, self.tls, metrics, shutdown).await;
         self.state.ctl.stop();
         // Tasks stop at their next step; one stuck on an unreachable store is
         // not waited for past a few seconds.
@@ -135,6 +183,16 @@ impl Application {
         tracing::info!("Stopped");
         result
     }
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), AppError> {
+    let failed = |source| AppError::Listen {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
 }
 
 /// The cause chain of an error, for the one line that says why start failed

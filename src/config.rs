@@ -22,6 +22,30 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// HTTPS on `listen` (and `admin_listen`) when both paths are set.
+    pub tls: TlsConfig,
+    /// A second listener (e.g. `127.0.0.1:5002`): `/admin/*` is served only
+    /// there, and answers 404 on `listen`.
+    pub admin_listen: Option<String>,
+    /// Client networks (CIDRs such as `10.0.0.0/8` or single addresses)
+    /// allowed to reach `/admin/*`; empty: any. Others get 403.
+    pub admin_allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; reloaded when the file changes.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); reloaded with the chain.
+    pub key_path: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Both paths, when TLS is on.
+    pub fn paths(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_path.as_deref()?, self.key_path.as_deref()?))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +79,16 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// The largest overrides file read; a larger one is an error.
     pub max_overrides_bytes: u64,
+    /// A client must send a request's headers within this time (also the
+    /// longest an HTTP/1.1 keep-alive connection waits for its next request).
+    pub header_timeout_ms: u64,
+    /// A request's whole body must arrive within this time (408 past it).
+    pub body_timeout_ms: u64,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; lowered at start to fit the process's file
+    /// descriptor limit. Connections past it are closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +129,9 @@ impl Default for Config {
             health: HealthConfig::default(),
             cluster: ClusterConfig::default(),
             log_format: LogFormat::Text,
+            tls: TlsConfig::default(),
+            admin_listen: None,
+            admin_allow: Vec::new(),
         }
     }
 }
@@ -106,6 +143,10 @@ impl Default for Limits {
             max_uid_bytes: 256,
             max_body_bytes: 4 * 1024 * 1024,
             max_overrides_bytes: 16 * 1024 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -189,6 +230,23 @@ impl Config {
         if let Some(v) = env("IMROUTE_ADVERTISE_ADDR") {
             config.cluster.advertise_addr = Some(v);
         }
+        if let Some(v) = env("IMROUTE_ADMIN_LISTEN") {
+            config.admin_listen = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = env("IMROUTE_ADMIN_ALLOW") {
+            config.admin_allow = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = env("IMROUTE_TLS_CERT_PATH") {
+            config.tls.cert_path = Some(v.into());
+        }
+        if let Some(v) = env("IMROUTE_TLS_KEY_PATH") {
+            config.tls.key_path = Some(v.into());
+        }
         if let Some(v) = env("IMROUTE_LOG_FORMAT") {
             config.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -252,6 +310,27 @@ impl Config {
                 "limits: max_batch, max_uid_bytes, max_body_bytes and max_overrides_bytes must be positive".into(),
             );
         }
+        for (name, ms) in [
+            ("header_timeout_ms", l.header_timeout_ms),
+            ("body_timeout_ms", l.body_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(format!("limits.{name}: must be 100..=3600000, got {ms}"));
+            }
+        }
+        if l.max_connections == 0 {
+            return Err("limits.max_connections: must be at least 1".into());
+        }
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err("tls: set both cert_path and key_path, or neither".into());
+        }
+        if let Some(addr) = &self.admin_listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("admin_listen: must be ip:port, got {addr:?}"));
+            }
+        }
+        self.admin_networks()?;
         let h = &self.health;
         if h.heartbeat_ttl_secs == 0 {
             return Err("health.heartbeat_ttl_secs: must be at least 1".into());
@@ -266,6 +345,24 @@ impl Config {
             return Err("health.probe: interval_ms, timeout_ms, unhealthy_after, healthy_after and concurrency must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// `admin_allow` parsed: a bare address is a network of one.
+    pub fn admin_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.admin_allow
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        format!(
+                            "admin_allow: {:?} is not a network such as 10.0.0.0/8 or an address",
+                            crate::model::truncate(s)
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The config as logged at start: secrets replaced.

@@ -9,6 +9,7 @@
 //! - `health/`    heartbeats, TCP probes and the health registry.
 //! - `api/`       poem-openapi handlers, errors, auth, middleware.
 //! - `app`        wires everything and runs the server.
+//! - `server`     the accept loop, connection limits and timeouts, TLS.
 //! - `supervise`  restarts background tasks that panic or end.
 //! - `config`, `model`, `metrics`, `telemetry`: settings, domain types, Prometheus, logs.
 
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod overrides;
 pub mod routing;
+pub mod server;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;

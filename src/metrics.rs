@@ -24,6 +24,8 @@ pub struct Metrics {
     pub store_up: IntGauge,
     pub leader: IntGauge,
     pub task_restarts: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_closed: IntCounterVec,
 }
 
 /// Endpoints as they appear in the `endpoint` label: fixed templates, so
@@ -101,6 +103,18 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ];
         Metrics {
+            connections_open: reg!(IntGauge::new(
+                "imroute_connections_open",
+                "Client connections open now, on every listener."
+            )),
+            connections_closed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "imroute_connections_closed_total",
+                    "Client connections closed by the server before the client was done, by reason: \
+                     header_timeout, idle_timeout, tls_handshake, over_limit."
+                ),
+                &["reason"]
+            )),
             http_requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "imroute_http_requests_total",

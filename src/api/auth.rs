@@ -21,6 +21,23 @@ async fn check_token(req: &Request, bearer: Bearer) -> Option<()> {
     bool::from(bearer.token.as_bytes().ct_eq(state.token.as_bytes())).then_some(())
 }
 
+/// Whether `Authorization: Bearer <token>` carries the admin token, compared
+/// in constant time; read from the headers alone, before any body.
+pub fn bearer_matches(req: &Request, token: &str) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// A random token: 32 bytes from the OS, hex-encoded.
 pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];

@@ -23,7 +23,10 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use poem::{http::HeaderValue, Body, Endpoint, IntoResponse, Request, Response, Route};
+use poem::{
+    http::{HeaderValue, Method},
+    Body, Endpoint, IntoResponse, Request, Response, Route,
+};
 use poem_openapi::{OpenApiService, Tags};
 use tracing::Instrument;
 
@@ -56,6 +59,55 @@ pub enum ApiTags {
 pub struct AppState {
     pub ctl: Arc<Controller>,
     pub token: String,
+    pub access: AdminAccess,
+    /// A request's whole body must arrive within this (`limits.body_timeout_ms`).
+    pub body_timeout: std::time::Duration,
+}
+
+/// Who may reach `/admin/*`, checked before the token and before any byte of
+/// the body is read.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// `admin_listen` is set: `/admin/*` is served only there.
+    pub separate: bool,
+    /// `admin_allow`: client networks allowed; empty allows any.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl AdminAccess {
+    /// 404 on the public listener when the admin API has its own, 403 from a
+    /// network not allowed, then 401 without the token.
+    fn admit(&self, req: &Request, token: &str) -> Result<(), ApiError> {
+        let role = req.extensions().get::<crate::server::Role>().copied();
+        if self.separate && role != Some(crate::server::Role::Admin) {
+            return Err(ApiError::new(
+                poem::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such path",
+            ));
+        }
+        if !self.allow.is_empty() {
+            let ip = req
+                .remote_addr()
+                .as_socket_addr()
+                .map(|a| a.ip().to_canonical());
+            if !ip.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip))) {
+                return Err(ApiError::new(
+                    poem::http::StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the admin API is not open to this address (admin_allow)",
+                ));
+            }
+        }
+        if !auth::bearer_matches(req, token) {
+            return Err(ApiError::new(
+                poem::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token",
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub type Apis = (
@@ -198,10 +250,40 @@ struct Outer<E> {
     fast_path: bool,
 }
 
+/// Whether a request's body is read at all: only writes to known paths
+/// have one. Others are answered without reading a byte of it.
+fn takes_body(method: &Method, endpoint: &str) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH) && endpoint != "other"
+}
+
 impl<E: Endpoint> Outer<E> {
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, mut req: Request, endpoint: &'static str) -> Response {
         let run = async {
-            let mut req = limit_body(req, self.max_body).await?;
+            let path = req.uri().path();
+            if path == "/admin" || path.starts_with("/admin/") {
+                self.state.access.admit(&req, &self.state.token)?;
+            }
+            if takes_body(req.method(), endpoint) {
+                let timeout = self.state.body_timeout;
+                req = match tokio::time::timeout(timeout, limit_body(req, self.max_body)).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        return Ok(ApiError::new(
+                            poem::http::StatusCode::REQUEST_TIMEOUT,
+                            "request_timeout",
+                            format!(
+                                "the request body did not arrive within {} ms",
+                                timeout.as_millis()
+                            ),
+                        )
+                        .into_response()
+                        .with_header(poem::http::header::CONNECTION, "close")
+                        .into_response());
+                    }
+                };
+            } else {
+                req.set_body(Body::empty());
+            }
             if self.fast_path {
                 if let Some(resp) = route::fast_path(&self.state, &mut req).await {
                     return Ok(resp);
@@ -231,10 +313,11 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         req.extensions_mut().insert(self.state.clone());
         let method = req.method().clone();
         let span = tracing::info_span!("request", request_id = %rid);
+        let path_kind = PathKind::of(req.uri().path());
         let mut resp = if span.is_disabled() {
-            self.handle(req).await
+            self.handle(req, endpoint).await
         } else {
-            self.handle(req).instrument(span.clone()).await
+            self.handle(req, endpoint).instrument(span.clone()).await
         };
         let status = resp.status().as_u16();
         let elapsed = start.elapsed();
@@ -257,7 +340,62 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
+        security_headers(&mut resp, path_kind);
         Ok(resp)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    Admin,
+    Page,
+    Other,
+}
+
+impl PathKind {
+    fn of(path: &str) -> Self {
+        if path == "/admin" || path.starts_with("/admin/") {
+            PathKind::Admin
+        } else if path == "/docs"
+            || path.starts_with("/docs/")
+            || path == "/ui"
+            || path.starts_with("/ui/")
+        {
+            PathKind::Page
+        } else {
+            PathKind::Other
+        }
+    }
+}
+
+/// The Swagger UI page inlines its script and styles and loads nothing from
+/// elsewhere; it may not be framed.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// `nosniff` everywhere; admin answers are never cached; pages get a CSP.
+fn security_headers(resp: &mut Response, kind: PathKind) {
+    let headers = resp.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    match kind {
+        PathKind::Admin => {
+            headers.insert(
+                poem::http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+        }
+        PathKind::Page => {
+            headers.insert(
+                "content-security-policy",
+                HeaderValue::from_static(PAGE_CSP),
+            );
+            headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        }
+        PathKind::Other => {}
     }
 }
 

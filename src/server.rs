@@ -1,0 +1,617 @@
+//! The HTTP server: our own accept loop over hyper, serving the poem app.
+//!
+//! poem's `Server` has no header read timeout, no connection cap and retries
+//! a failing `accept` at once (a full core spins once descriptors run out), so
+//! connections are served here with hyper directly:
+//! - a cap on open connections (`limits.max_connections`, lowered at start to
+//!   fit the descriptor limit); a connection past it is answered 503 and
+//!   closed at once, without a task;
+//! - `accept` errors (EMFILE, ENFILE, ENOBUFS) back off from 5 ms to 1 s;
+//! - `limits.header_timeout_ms`: the first byte and every request head must
+//!   arrive within it (hyper's HTTP/1.1 header timeout, which also bounds the
+//!   wait for the next keep-alive request), and so must a TLS handshake;
+//! - `limits.idle_timeout_ms`: a connection with no bytes either way for that
+//!   long is closed (HTTP/2 included);
+//! - TLS with rustls, certificate and key reloaded when their files change;
+//! - a listener role on every request, so `/admin/*` can be kept to the
+//!   admin listener.
+//!
+//! Body deadlines and authentication before the body live in the app's
+//! outer layer (`api::Outer`), which sees the route.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use poem::{
+    endpoint::BoxEndpoint,
+    http::uri::Scheme,
+    web::{LocalAddr, RemoteAddr},
+    Addr, Endpoint, Request, Response,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+};
+use tokio_rustls::rustls;
+
+use crate::metrics::Metrics;
+
+/// Which listener a request arrived on; every request carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `listen`: everything, or everything but `/admin/*` when an admin
+    /// listener is configured.
+    Public,
+    /// `admin_listen`.
+    Admin,
+}
+
+/// Connection discipline, from `limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How long connections get to finish their requests at shutdown.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// Descriptors kept free for everything but client connections: the
+/// database pool, probes, the overrides file, the certificate files.
+const RESERVED_FDS: u64 = 128;
+
+/// The process's soft limit on open file descriptors.
+pub fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
+}
+
+/// `configured`, lowered so that connections cannot use up the descriptors
+/// (then `accept` would fail and nothing else could open a file either).
+pub fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    let Some(limit) = fd_limit else {
+        return configured;
+    };
+    let reserve = RESERVED_FDS.min(limit / 4);
+    let fit = limit.saturating_sub(reserve).max(1);
+    configured.min(usize::try_from(fit).unwrap_or(usize::MAX))
+}
+
+/// A rustls server config that follows its certificate and key files.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<rustls::ServerConfig>,
+    seen: std::sync::Mutex<Fingerprint>,
+}
+
+type Fingerprint = Option<[(u64, SystemTime, u64); 2]>;
+
+fn fingerprint(cert: &Path, key: &Path) -> Fingerprint {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let ino = 0;
+        Some((m.len(), m.modified().ok()?, ino))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+/// Why a certificate or key could not be used. Names the file, quotes
+/// nothing of it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.cert_path {0}: {1}")]
+    Cert(PathBuf, String),
+    #[error("tls.key_path {0}: {1}")]
+    Key(PathBuf, String),
+    #[error("tls: the certificate and key do not go together: {0}")]
+    Pair(String),
+}
+
+impl Tls {
+    /// Loads both files; fails when they cannot be used.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Tls>, TlsError> {
+        let seen = fingerprint(cert, key);
+        let config = Self::read(cert, key)?;
+        Ok(Arc::new(Tls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: ArcSwap::from_pointee(config),
+            seen: std::sync::Mutex::new(seen),
+        }))
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+        const MAX: u64 = 1024 * 1024;
+        let small = |p: &Path| std::fs::metadata(p).map(|m| m.len() <= MAX).unwrap_or(true);
+        if !small(cert) {
+            return Err(TlsError::Cert(cert.to_owned(), "over 1 MiB".into()));
+        }
+        if !small(key) {
+            return Err(TlsError::Key(key.to_owned(), "over 1 MiB".into()));
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| TlsError::Cert(cert.to_owned(), pem_error(&e)))?;
+        if chain.is_empty() {
+            return Err(TlsError::Cert(
+                cert.to_owned(),
+                "no PEM certificate in the file".into(),
+            ));
+        }
+        let private = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| TlsError::Key(key.to_owned(), pem_error(&e)))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Pair(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .map_err(|e| TlsError::Pair(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Reloads the pair when either file changed. A pair that cannot be used
+    /// is logged and the one in use stays. Blocking: call off the workers.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = fingerprint(&self.cert, &self.key);
+        {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if now.is_none() || *seen == now {
+                return Ok(false);
+            }
+        }
+        let config = Self::read(&self.cert, &self.key)?;
+        self.current.store(Arc::new(config));
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(true)
+    }
+
+    /// Checks the files every second until `stop`; a failed pair is logged
+    /// once per change.
+    pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut failed: Fingerprint = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            let tls = self.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let now = fingerprint(&tls.cert, &tls.key);
+                (tls.reload_if_changed(), now)
+            })
+            .await;
+            match result {
+                Ok((Ok(true), _)) => {
+                    failed = None;
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                }
+                Ok((Ok(false), _)) | Err(_) => {}
+                Ok((Err(e), now)) => {
+                    if failed != now {
+                        tracing::error!(error = %e, "Cannot use the changed TLS files; keeping the certificate in use");
+                        failed = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::Io(io) => format!("cannot read: {}", io.kind()),
+        E::NoItemsFound => "no PEM item of the expected kind in the file".into(),
+        _ => "not a valid PEM file".into(),
+    }
+}
+
+/// Counts time since the server started, in milliseconds, for activity
+/// stamps that fit in an atomic.
+fn millis_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// A connection's socket that stamps every byte moved, for the idle and
+/// first-byte watchdogs.
+struct Watched<T> {
+    inner: T,
+    epoch: Instant,
+    /// Last activity, in ms since `epoch`.
+    last: Arc<AtomicU64>,
+    /// Whether a byte was ever read (0 / 1).
+    read_any: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let out = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(out, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
+            self.read_any.store(1, Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let out = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let out = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type App = Arc<BoxEndpoint<'static, Response>>;
+
+struct Shared {
+    app: App,
+    limits: ConnLimits,
+    tls: Option<Arc<Tls>>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+}
+
+/// A bound listener and its role.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub role: Role,
+}
+
+/// Serves `app` on every listener until `shutdown` completes, then stops
+/// accepting and gives open connections up to 30 s to finish.
+pub async fn serve<E>(
+    app: E,
+    listeners: Vec<Bound>,
+    limits: ConnLimits,
+    tls: Option<Arc<Tls>>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    E: Endpoint + 'static,
+{
+    let permits = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let shared = Arc::new(Shared {
+        app: Arc::new(poem::EndpointExt::boxed(
+            poem::EndpointExt::map_to_response(app),
+        )),
+        limits,
+        tls: tls.clone(),
+        slots: Arc::new(Semaphore::new(permits)),
+        metrics,
+        epoch: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    for bound in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            bound,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let reloader = tls.map(|tls| tokio::spawn(tls.watch(stop_rx.clone())));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    if let Some(r) = reloader {
+        let _ = r.await;
+    }
+    // Every open connection holds a permit: all back means all closed.
+    let all = u32::try_from(permits).unwrap_or(u32::MAX);
+    if tokio::time::timeout(
+        GRACE + Duration::from_secs(1),
+        shared.slots.acquire_many(all),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("Connections still open after the shutdown grace period; closing them");
+    }
+    Ok(())
+}
+
+/// `accept` errors that concern one connection only: go on at once.
+fn per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_secs(1);
+    let Bound { listener, role } = bound;
+    let local = listener.local_addr().ok();
+    let mut backoff = FIRST;
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                backoff = FIRST;
+                match shared.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        let stop = stop.clone();
+                        let local = local.unwrap_or(remote);
+                        tokio::spawn(connection(
+                            stream, local, remote, role, shared, permit, stop,
+                        ));
+                    }
+                    Err(_) => over_limit(stream, &shared),
+                }
+            }
+            Err(e) if per_connection(&e) => {}
+            Err(e) => {
+                // Out of descriptors or buffers: wait for some to come back
+                // instead of retrying at once.
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "Cannot accept connections; backing off");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MOST);
+            }
+        }
+    }
+}
+
+/// A connection past the cap: a short 503 when it is plain HTTP (one write
+/// that never waits), then closed.
+fn over_limit(stream: TcpStream, shared: &Shared) {
+    shared
+        .metrics
+        .connections_closed
+        .with_label_values(&["over_limit"])
+        .inc();
+    if shared.tls.is_none() {
+        const BODY: &str = r#"{"status":503,"code":"too_many_connections","msg":"the server has too many open connections; retry shortly"}"#;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.try_write(answer.as_bytes());
+    }
+    drop(stream);
+}
+
+async fn connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    role: Role,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+) {
+    let open = &shared.metrics.connections_open;
+    open.inc();
+    let _ = stream.set_nodelay(true);
+    match &shared.tls {
+        None => serve_io(stream, Scheme::HTTP, local, remote, role, &shared, stop).await,
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(shared.limits.header_timeout, handshake).await {
+                Ok(Ok(tls_stream)) => {
+                    serve_io(
+                        tls_stream,
+                        Scheme::HTTPS,
+                        local,
+                        remote,
+                        role,
+                        &shared,
+                        stop,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                }
+                Err(_) => shared
+                    .metrics
+                    .connections_closed
+                    .with_label_values(&["tls_handshake"])
+                    .inc(),
+            }
+        }
+    }
+    open.dec();
+}
+
+async fn serve_io<I>(
+    io: I,
+    scheme: Scheme,
+    local: SocketAddr,
+    remote: SocketAddr,
+    role: Role,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.limits;
+    let epoch = shared.epoch;
+    let last = Arc::new(AtomicU64::new(millis_since(epoch)));
+    let read_any = Arc::new(AtomicU64::new(0));
+    let io = Watched {
+        inner: io,
+        epoch,
+        last: last.clone(),
+        read_any: read_any.clone(),
+    };
+    let app = shared.app.clone();
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let scheme = scheme.clone();
+        async move {
+            let mut req: Request = (
+                req,
+                LocalAddr(Addr::SocketAddr(local)),
+                RemoteAddr(Addr::SocketAddr(remote)),
+                scheme,
+            )
+                .into();
+            req.extensions_mut().insert(role);
+            let resp: hyper::Response<_> = app.get_response(req).await.into();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // Closes the connection when the client sends nothing at all within the
+    // header timeout (hyper's own clock starts only once it saw a byte), or
+    // nothing moves either way for the idle timeout.
+    let started = millis_since(epoch);
+    let watchdog = async {
+        loop {
+            let now = millis_since(epoch);
+            if read_any.load(Ordering::Relaxed) == 0 {
+                let deadline = started + limits.header_timeout.as_millis() as u64;
+                if now >= deadline {
+                    return "header_timeout";
+                }
+                tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+                continue;
+            }
+            let deadline = last.load(Ordering::Relaxed) + limits.idle_timeout.as_millis() as u64;
+            if now >= deadline {
+                return "idle_timeout";
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    };
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                let timeout = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout);
+                if timeout {
+                    shared.metrics.connections_closed.with_label_values(&["header_timeout"]).inc();
+                }
+            }
+            return;
+        }
+        reason = watchdog => {
+            shared.metrics.connections_closed.with_label_values(&[reason]).inc();
+            return;
+        }
+        _ = stop.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(GRACE, conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_descriptor_limit() {
+        assert_eq!(connection_cap(10_000, None), 10_000);
+        assert_eq!(connection_cap(10_000, Some(1024)), 896);
+        assert_eq!(connection_cap(100, Some(1024)), 100);
+        assert_eq!(connection_cap(10_000, Some(64)), 48);
+        assert_eq!(connection_cap(10_000, Some(0)), 1);
+        assert!(descriptor_limit().is_none_or(|l| l > 0));
+    }
+}
