@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use poem::{web::Data, Request};
-use poem_openapi::{param::Query, payload::Json, Object, OpenApi};
+use poem_openapi::{param::Query, payload::Json, ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::{actor, auth::AdminAuth, error::ApiError, ApiTags, AppState};
@@ -42,8 +42,29 @@ pub struct AuditRecord {
     pub before: Option<Value>,
     #[oai(skip_serializing_if_is_none)]
     pub after: Option<Value>,
+    /// The request's `X-Request-Id` (or the one the server gave it); for
+    /// system actions, what acted (`startup`, `watcher`, `sighup`).
     pub request_id: String,
+    /// `admin` (a request with the admin token) or `system` (the server
+    /// itself), set by the server whatever the request id says.
+    pub actor: String,
 }
+
+#[derive(ApiResponse)]
+pub enum AuditPage {
+    /// Newest first. A page holds at most `limit` entries and about 1 MiB.
+    #[oai(status = 200)]
+    Ok(
+        Json<Vec<AuditRecord>>,
+        /// `</admin/audit?limit=N&before=ID>; rel="next"` when there may be more.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
+}
+
+/// A page of the audit trail stops after about this many bytes of JSON
+/// (always holding at least one entry).
+const AUDIT_PAGE_BYTES: usize = 1024 * 1024;
 
 /// The store behind the replicas.
 #[derive(Debug, Clone, Object)]
@@ -144,7 +165,7 @@ impl AdminApi {
         limit: Query<Option<u32>>,
         /// Only entries with an id below this.
         before: Query<Option<i64>>,
-    ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    ) -> Result<AuditPage, ApiError> {
         let limit = limit.0.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -153,19 +174,41 @@ impl AdminApi {
             ));
         }
         let rows = state.ctl.audit_page(limit, before.0).await?;
-        Ok(Json(
-            rows.into_iter()
-                .map(|r| AuditRecord {
-                    id: r.id,
-                    at: r.at,
-                    action: r.action,
-                    target: r.target,
-                    before: r.before,
-                    after: r.after,
-                    request_id: r.request_id,
-                })
-                .collect(),
-        ))
+        let full = rows.len() == limit as usize;
+        let mut page = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        let mut cut = false;
+        for r in rows {
+            // Each side is at most 64 KiB as stored.
+            let size = 256
+                + r.request_id.len()
+                + r.target.len()
+                + r.before.as_ref().map_or(0, |v| v.to_string().len())
+                + r.after.as_ref().map_or(0, |v| v.to_string().len());
+            if !page.is_empty() && bytes + size > AUDIT_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            bytes += size;
+            page.push(AuditRecord {
+                id: r.id,
+                at: r.at,
+                action: r.action,
+                target: r.target,
+                before: r.before,
+                after: r.after,
+                request_id: r.request_id,
+                actor: r.actor.as_str().to_owned(),
+            });
+        }
+        let link = match page.last() {
+            Some(last) if full || cut => Some(format!(
+                "</admin/audit?limit={limit}&before={}>; rel=\"next\"",
+                last.id
+            )),
+            _ => None,
+        };
+        Ok(AuditPage::Ok(Json(page), link))
     }
 
     /// List the replicas and whether they agree

@@ -172,6 +172,7 @@ pub fn actor(req: &Request) -> Actor {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
+        kind: crate::store::ActorKind::Admin,
     }
 }
 

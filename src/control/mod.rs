@@ -1154,6 +1154,15 @@ impl Controller {
         } else {
             params
         };
+        // Params are stored, kept in every audit row and read by every
+        // replica: keep them small (a strategy then always fits an audit row).
+        const PARAMS_MAX: usize = 32 * 1024;
+        let size = params.to_string().len();
+        if size > PARAMS_MAX {
+            return Err(ControlError::Invalid(format!(
+                "params: at most {PARAMS_MAX} bytes of JSON, got {size}"
+            )));
+        }
         plugin
             .validate(&params)
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
@@ -1289,6 +1298,7 @@ impl Controller {
         }
         let startup = Actor {
             request_id: "startup".into(),
+            kind: crate::store::ActorKind::System,
         };
         let Err(error) = self.reload_inner(&startup, true).await else {
             return;

@@ -68,8 +68,11 @@ pub fn read(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ReadError> {
 /// parsing: the YAML scanner's cost grows with the square of the depth.
 pub const MAX_NESTING: usize = 64;
 
-/// Finds flow nesting deeper than [`MAX_NESTING`], outside quoted scalars
-/// and comments; the error names the line.
+/// Finds flow nesting deeper than [`MAX_NESTING`] and aliases (`*name`),
+/// outside quoted scalars and comments; the error names the line. Aliases
+/// are refused because each one replays its anchored node in full: a small
+/// file that reuses a mapping thousands of times expands to gigabytes. The
+/// overrides format never needs them.
 pub fn check_nesting(text: &str) -> Result<(), String> {
     let mut depth = 0usize;
     let mut line = 1usize;
@@ -98,6 +101,13 @@ pub fn check_nesting(text: &str) -> Result<(), String> {
                     }
                 }
                 ']' | '}' => depth = depth.saturating_sub(1),
+                // `*` starts an alias where a node may start; inside a plain
+                // scalar (`a*b`) it is just a character.
+                '*' if prev.is_whitespace() || matches!(prev, '[' | '{' | ',') => {
+                    return Err(format!(
+                        "line {line}: YAML aliases (*name) are not allowed in the overrides file"
+                    ));
+                }
                 _ => {}
             }
         }
@@ -178,6 +188,18 @@ mod tests {
                 assert_eq!(read(&fifo, 100), Err(ReadError::NotRegular));
             }
         }
+    }
+
+    #[test]
+    fn aliases_are_refused_before_parsing() {
+        let bomb = "a: &a {x: 1, y: 2}\nb: [*a, *a]\n";
+        assert!(check_nesting(bomb)
+            .unwrap_err()
+            .starts_with("line 2: YAML aliases"));
+        assert!(check_nesting("pins:\n  u1: *gw\n").is_err());
+        assert!(check_nesting("*x: 1\n").is_err());
+        // A star inside a word, quoted or in a comment is no alias.
+        assert!(check_nesting("pins:\n  a*b: gw-1\n  \"*c\": gw-2 # *d\n").is_ok());
     }
 
     #[test]

@@ -302,6 +302,7 @@ impl Watch {
                 .ctl
                 .reload_overrides(&Actor {
                     request_id: "watcher".into(),
+                    kind: crate::store::ActorKind::System,
                 })
                 .await;
         }
@@ -322,6 +323,7 @@ pub fn spawn_sighup(ctl: Arc<Controller>) {
             let _ = ctl
                 .reload_overrides(&Actor {
                     request_id: "sighup".into(),
+                    kind: crate::store::ActorKind::System,
                 })
                 .await;
         }

@@ -70,6 +70,65 @@ pub struct Written<T> {
 #[derive(Debug, Clone, Default)]
 pub struct Actor {
     pub request_id: String,
+    /// Set by the server, never by the client: an admin request or the
+    /// server itself.
+    pub kind: ActorKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ActorKind {
+    /// A request that carried the admin token.
+    #[default]
+    Admin,
+    /// The server itself: startup, the overrides watcher, SIGHUP.
+    System,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Admin => "admin",
+            ActorKind::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "system" {
+            ActorKind::System
+        } else {
+            ActorKind::Admin
+        }
+    }
+}
+
+impl Actor {
+    /// The server acting on its own; `what` becomes the request id.
+    pub fn system(what: &str) -> Self {
+        Actor {
+            request_id: what.to_owned(),
+            kind: ActorKind::System,
+        }
+    }
+}
+
+/// The most JSON kept for one side (before or after) of an audit row.
+pub const AUDIT_VALUE_MAX: usize = 64 * 1024;
+
+/// One side of an audit row as stored: the JSON, or past [`AUDIT_VALUE_MAX`]
+/// a stand-in with its size and digest, so no row can grow without bound.
+pub(crate) fn audit_value(value: Option<Value>) -> Option<String> {
+    let text = value?.to_string();
+    if text.len() <= AUDIT_VALUE_MAX {
+        return Some(text);
+    }
+    Some(
+        serde_json::json!({
+            "truncated": true,
+            "bytes": text.len(),
+            "xxh3": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())),
+        })
+        .to_string(),
+    )
 }
 
 /// One row of the audit trail.
@@ -82,6 +141,7 @@ pub struct AuditEntry {
     pub before: Option<Value>,
     pub after: Option<Value>,
     pub request_id: String,
+    pub actor: ActorKind,
 }
 
 /// The last good overrides file of one replica, kept so that a replica that

@@ -24,10 +24,10 @@ use sqlx::{
 };
 
 use super::{
-    check_version, gone_node, gone_strategy, node_json, now_rfc3339, rfc3339, rows, strategy_json,
-    Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener, NodePatchFn,
-    ProbeVerdict, ReplicaInfo, SavedOverrides, Signal, Store, StoreError, Stored, Written,
-    CHANGES_KEPT,
+    audit_value, check_version, gone_node, gone_strategy, node_json, now_rfc3339, rfc3339, rows,
+    strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener,
+    NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Signal, Store, StoreError, Stored,
+    Written, CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -316,15 +316,16 @@ async fn insert_audit(
     actor: &Actor,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit_log (at, action, target, before, after, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO audit_log (at, action, target, before, after, request_id, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(now_rfc3339())
     .bind(action)
     .bind(target)
-    .bind(before.map(|v| v.to_string()))
-    .bind(after.map(|v| v.to_string()))
+    .bind(audit_value(before))
+    .bind(audit_value(after))
     .bind(&actor.request_id)
+    .bind(actor.kind.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -894,7 +895,7 @@ impl Store for PostgresStore {
         before: Option<i64>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, action, target, before, after, request_id FROM audit_log \
+            "SELECT id, at, action, target, before, after, request_id, actor FROM audit_log \
              WHERE id < $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(before.unwrap_or(i64::MAX))

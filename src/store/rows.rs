@@ -101,5 +101,6 @@ where
         before: json(row.opt_text("before")?),
         after: json(row.opt_text("after")?),
         request_id: row.text("request_id")?,
+        actor: super::ActorKind::parse(&row.text("actor")?),
     })
 }

@@ -13,10 +13,10 @@ use sqlx::{
 };
 
 use super::{
-    check_version, gone_node, gone_strategy, memory::MemoryHealth, node_json, now_rfc3339, rows,
-    strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener,
-    NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Store, StoreError, Stored, Written,
-    CHANGES_KEPT,
+    audit_value, check_version, gone_node, gone_strategy, memory::MemoryHealth, node_json,
+    now_rfc3339, rows, strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch,
+    HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Store,
+    StoreError, Stored, Written, CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -197,14 +197,15 @@ async fn insert_audit(
     actor: &Actor,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit_log (at, action, target, before, after, request_id) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (at, action, target, before, after, request_id, actor) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(now_rfc3339())
     .bind(action)
     .bind(target)
-    .bind(before.map(|v| v.to_string()))
-    .bind(after.map(|v| v.to_string()))
+    .bind(audit_value(before))
+    .bind(audit_value(after))
     .bind(&actor.request_id)
+    .bind(actor.kind.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -627,7 +628,7 @@ impl Store for SqliteStore {
         before: Option<i64>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, action, target, before, after, request_id FROM audit_log \
+            "SELECT id, at, action, target, before, after, request_id, actor FROM audit_log \
              WHERE id < ? ORDER BY id DESC LIMIT ?",
         )
         .bind(before.unwrap_or(i64::MAX))

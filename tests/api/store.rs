@@ -17,6 +17,7 @@ use crate::pg::TestDb;
 fn actor(id: &str) -> Actor {
     Actor {
         request_id: id.into(),
+        ..Actor::default()
     }
 }
 
