@@ -26,6 +26,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub dir: TempDir,
     pub config: Config,
+    /// The admin listener, when `admin_listen` is set.
+    pub admin_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -65,6 +67,7 @@ pub async fn start(dir: TempDir, config: Config) -> TestApp {
     let addr = format!("http://{}", app.addr());
     let token = app.admin_token().to_owned();
     let state = app.state();
+    let admin_addr = app.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -80,6 +83,7 @@ pub async fn start(dir: TempDir, config: Config) -> TestApp {
         client: reqwest::Client::new(),
         dir,
         config,
+        admin_addr,
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -188,6 +192,17 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "{node}");
         node
+    }
+
+    /// GET an admin path with the token and parse the JSON answer.
+    pub async fn get_json_admin(&self, path: &str) -> Value {
+        let (status, body) = self.admin_json(Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    pub fn state_admin_addr(&self) -> std::net::SocketAddr {
+        self.admin_addr.expect("admin_listen is set")
     }
 
     /// GET a public path and parse the JSON answer.

@@ -7,6 +7,7 @@ mod cluster;
 mod errors;
 mod hardening;
 mod health;
+mod hostile;
 mod nodes;
 mod ops;
 mod overrides;
