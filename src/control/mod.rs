@@ -1102,13 +1102,14 @@ impl Controller {
         let (id, actor) = (id.to_owned(), actor.clone());
         self.detached(move |ctl| async move {
             let _w = ctl.write.lock().await;
-            let refs = ctl.lock_inputs().overrides.references(&id);
-            if !refs.is_empty() {
-                // A node can carry a million pins: name a few.
-                const NAMED: usize = 5;
-                let mut named = refs[..refs.len().min(NAMED)].join(", ");
-                if refs.len() > NAMED {
-                    named.push_str(&format!(" and {} more", refs.len() - NAMED));
+            // A node can carry a million pins: scan them outside the lock,
+            // name a few, count the rest.
+            let overrides = ctl.lock_inputs().overrides.clone();
+            let (refs, total) = overrides.references(&id, 5);
+            if total > 0 {
+                let mut named = refs.join(", ");
+                if total > refs.len() {
+                    named.push_str(&format!(" and {} more", total - refs.len()));
                 }
                 return Err(ControlError::Conflict(format!(
                     "node {id} is named by the overrides file ({named}); remove it there first"
@@ -1421,7 +1422,10 @@ impl Controller {
             active_strategy: parsed.active_strategy.clone(),
             loaded_at: now.clone(),
         };
-        if let Err(e) = self.save_overrides(saved, actor).await {
+        // At start the save runs even for an unchanged file: it checks again
+        // that what the file names exists, and marks this replica's
+        // references as fresh (deletes elsewhere respect them at once).
+        if let Err(e) = self.save_overrides(saved, actor, startup).await {
             return self.reload_failed(e);
         }
         let parsed = Arc::new(parsed);
@@ -1457,10 +1461,11 @@ impl Controller {
         self: &Arc<Self>,
         saved: SavedOverrides,
         actor: &Actor,
+        always: bool,
     ) -> Result<(), String> {
         let previous = {
             let guard = self.overrides_saved_lock();
-            if guard.0 == saved.revision && guard.1.is_none() {
+            if !always && guard.0 == saved.revision && guard.1.is_none() {
                 return Ok(());
             }
             guard.0.clone()
@@ -1490,17 +1495,23 @@ impl Controller {
 
     /// Retries a save of the last good overrides that the store missed.
     pub async fn retry_overrides_save(self: &Arc<Self>) {
-        let pending = self.overrides_saved_lock().1.take();
-        if let Some((saved, actor)) = pending {
+        let conflict = {
+            // Under the write lock, as reloads save: a pending save taken
+            // here is the newest, never one a later reload replaced.
             let _w = self.write.lock().await;
-            // A newer reload may have replaced it meanwhile.
-            if self.overrides_saved_lock().1.is_none() {
-                if let Err(e) = self.save_overrides(saved, &actor).await {
-                    // Applied while the store was down; the change feed will
-                    // bring the delete, and the node leaves routing then.
-                    tracing::warn!(error = %e, "The overrides in effect name something deleted meanwhile; not kept as the last good ones");
-                }
+            let pending = self.overrides_saved_lock().1.take();
+            match pending {
+                Some((saved, actor)) => self.save_overrides(saved, &actor, false).await.err(),
+                None => None,
             }
+        };
+        if let Some(e) = conflict {
+            // Applied while the store was down, and something it names was
+            // deleted meanwhile: validate the file again, so its status shows
+            // the error (the nodes it names leave routing as the change feed
+            // brings their deletes).
+            tracing::warn!(error = %e, "The overrides in effect name something deleted meanwhile; reloading them");
+            let _ = self.reload_overrides(&Actor::system("store-retry")).await;
         }
     }
 

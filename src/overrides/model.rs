@@ -218,17 +218,24 @@ impl Overrides {
     }
 
     /// The file's entries that name node `id` (`nodes.gw-1`, `pins.vip`).
-    pub fn references(&self, id: &str) -> Vec<String> {
+    /// The first `named` entries naming node `id`, and how many there are.
+    pub fn references(&self, id: &str, named: usize) -> (Vec<String>, usize) {
         let mut out = Vec::new();
+        let mut total = 0;
         if self.nodes.contains_key(id) {
             out.push(format!("nodes.{id}"));
+            total += 1;
         }
         for (uid, node) in &self.pins {
             if node == id {
-                out.push(format!("pins.{uid}"));
+                if out.len() < named {
+                    out.push(format!("pins.{uid}"));
+                }
+                total += 1;
             }
         }
-        out
+        out.truncate(named);
+        (out, total)
     }
 
     /// Every node id the file patches or pins to.

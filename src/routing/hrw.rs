@@ -86,32 +86,40 @@ impl NodeSeed {
 /// node, whatever its state or health, so a drain, a weight change or a failed
 /// probe never changes a node's seed: only creating or deleting a node's twin
 /// does (then the other twin's users move as if it had re-joined; about
-/// N / 2^32 per created node). Should twins share the secondary too (about
-/// 2^-64 per pair), they fall back to a fold of the 64-bit id hash.
-/// O(N log N), once per table build.
+/// N / 2^32 per created node). A twin whose secondary seed is some node's
+/// primary, or another twin's seed, takes the next of three draws from its
+/// 64-bit id hash instead. O(N log N), once per table build.
 pub fn effective_seeds(seeds: &[NodeSeed]) -> Vec<u32> {
     let mut out: Vec<u32> = seeds.iter().map(|s| s.primary).collect();
-    let mut order: Vec<u32> = (0..seeds.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| seeds[i as usize].primary);
-    let mut twins: Vec<u32> = Vec::new();
-    for run in order.chunk_by(|&a, &b| seeds[a as usize].primary == seeds[b as usize].primary) {
-        if run.len() > 1 {
-            twins.extend_from_slice(run);
-        }
-    }
-    if twins.is_empty() {
+    let mut primaries = out.clone();
+    primaries.sort_unstable();
+    if primaries.windows(2).all(|w| w[0] != w[1]) {
         return out;
     }
-    twins.sort_unstable_by_key(|&i| seeds[i as usize].secondary);
-    for run in twins.chunk_by(|&a, &b| seeds[a as usize].secondary == seeds[b as usize].secondary) {
-        for &i in run {
-            let s = seeds[i as usize];
-            out[i as usize] = if run.len() > 1 {
-                (s.key ^ (s.key >> 32)) as u32
-            } else {
-                s.secondary
-            };
-        }
+    let shared = |p: u32| {
+        let at = primaries.partition_point(|&q| q < p);
+        primaries.get(at + 1) == Some(&p)
+    };
+    // Twins in key order, so the choice never depends on input order.
+    let mut twins: Vec<usize> = (0..seeds.len())
+        .filter(|&i| shared(seeds[i].primary))
+        .collect();
+    twins.sort_unstable_by_key(|&i| (seeds[i].key, i));
+    let mut used: Vec<u32> = Vec::with_capacity(twins.len());
+    for i in twins {
+        let s = seeds[i];
+        // The first draw that no node scores with already: a seed equal to
+        // another node's would tie with it on every uid.
+        let choices = [
+            s.secondary,
+            (s.key ^ (s.key >> 32)) as u32,
+            s.key as u32,
+            (s.key >> 32) as u32,
+        ];
+        let free = |c: &u32| primaries.binary_search(c).is_err() && !used.contains(c);
+        let seed = choices.iter().copied().find(free).unwrap_or(s.secondary);
+        used.push(seed);
+        out[i] = seed;
     }
     out
 }
@@ -294,6 +302,21 @@ mod tests {
         };
         let seeds = effective_seeds(&[a, c]);
         assert_ne!(seeds[0], seeds[1]);
+        // A twin never takes a seed another node scores with.
+        let d = NodeSeed {
+            primary: a.secondary,
+            secondary: 1,
+            key: 5,
+        };
+        let seeds = effective_seeds(&[a, other, b, d]);
+        assert_ne!(seeds[0], d.primary);
+        let mut unique = seeds.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "{seeds:?}");
+        // Input order does not matter.
+        let reversed = effective_seeds(&[d, b, other, a]);
+        assert_eq!(reversed, vec![seeds[3], seeds[2], seeds[1], seeds[0]]);
     }
 
     #[test]

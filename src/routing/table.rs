@@ -390,6 +390,7 @@ impl Table {
                 },
             })
             .collect();
+        let candidates_seeds: Vec<u32> = candidates.iter().map(|c| c.seed.primary).collect();
         let kind = strategy::kind(&input.strategy.kind).unwrap_or(strategy::BUILTIN[0]);
         let placement = kind.build(&input.strategy.params, &candidates);
         let uses_region = placement.uses_region();
@@ -421,7 +422,7 @@ impl Table {
             user_regions: input.overrides.user_region_count,
         };
         Table {
-            revision: revision_of(input, &routable, panic),
+            revision: revision_of(input, &routable, &candidates_seeds, panic),
             strategy: input.strategy.clone(),
             nodes: routable,
             placement,
@@ -633,11 +634,21 @@ fn fragment(addrs: &Addrs, id: &str, region: Option<&str>) -> Box<[u8]> {
     out.into()
 }
 
-fn revision_of(input: &TableInput, routable: &[Arc<PreparedNode>], panic: bool) -> String {
+/// The revision: every input routing reads, including the seed a node
+/// scores with when a twin (routable or not) makes it differ from its own.
+fn revision_of(
+    input: &TableInput,
+    routable: &[Arc<PreparedNode>],
+    scored: &[u32],
+    panic: bool,
+) -> String {
     let mut h = Xxh3::new();
     h.update(&(routable.len() as u64).to_le_bytes());
-    for n in routable {
+    for (n, &seed) in routable.iter().zip(scored) {
         h.update(&n.digest.to_le_bytes());
+        if seed != n.seed.primary {
+            h.update(&seed.to_le_bytes());
+        }
     }
     serde_json::to_writer(HashWriter(&mut h), &input.strategy)
         .expect("serialising a strategy cannot fail");

@@ -477,12 +477,22 @@ fn twin_ids_both_take_users_in_every_kind() {
                 "{kind} {weights:?}: {twin} takes {got}, expected about {expected}"
             );
         }
-        // Either twin draining moves only its own users, and so does a node
-        // draining that is not a twin.
-        for gone in ["gw-27287", "gw-84159", "gw-3"] {
+        // Either twin draining or failing its health check moves only its
+        // own users, and so does a node that is not a twin.
+        for (gone, unhealthy) in [
+            ("gw-27287", false),
+            ("gw-84159", false),
+            ("gw-3", false),
+            ("gw-27287", true),
+            ("gw-84159", true),
+        ] {
             let mut drained = set.clone();
             for n in drained.iter_mut().filter(|n| n.id == gone) {
-                n.state = NodeState::Draining;
+                if unhealthy {
+                    n.healthy = false;
+                } else {
+                    n.state = NodeState::Draining;
+                }
             }
             let after = assign(&table(kind, json!({}), drained), &users);
             for (b, a) in assigned.iter().zip(&after) {
@@ -527,6 +537,29 @@ fn twin_ids_both_take_users_in_every_kind() {
                 }
             }
         }
+    }
+    // A twin that takes no users still changes the seed the other scores
+    // with, and so the revision: clients that cache answers ask again.
+    let alone = table("hash", json!({}), nodes[..9].to_vec());
+    let mut with_disabled = nodes.clone();
+    with_disabled[9].state = NodeState::Disabled;
+    let with_disabled = table("hash", json!({}), with_disabled);
+    assert_ne!(alone.revision(), with_disabled.revision());
+    assert_ne!(assign(&alone, &users), assign(&with_disabled, &users));
+    // Twins in different regions: each takes users in its own region.
+    let mut split = nodes.clone();
+    for (i, n) in split.iter_mut().enumerate() {
+        n.region = Some(if i % 2 == 0 { "eu" } else { "us" }.into());
+    }
+    split[8].region = Some("eu".into());
+    split[9].region = Some("us".into());
+    let t = table("region", json!({"default_region": "eu"}), split);
+    for (region, twin) in [("eu", "gw-27287"), ("us", "gw-84159")] {
+        let got = users
+            .iter()
+            .filter(|u| t.nodes()[t.route(u, Some(region)).unwrap()].id.as_ref() == twin)
+            .count();
+        assert!(got > 2000, "{twin} in {region}: {got}");
     }
     // The region kind places by the same rule within a region.
     let mut set = nodes.clone();

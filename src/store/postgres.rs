@@ -709,8 +709,9 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         check_version(expected, Some(previous.version))?;
         let referenced: Vec<String> = sqlx::query_scalar(
-            "SELECT o.replica_id FROM replica_overrides o JOIN replicas r ON r.id = o.replica_id \
-             WHERE o.replica_id <> $2 AND r.last_seen > now() - interval '5 seconds' \
+            "SELECT o.replica_id FROM replica_overrides o LEFT JOIN replicas r ON r.id = o.replica_id \
+             WHERE o.replica_id <> $2 \
+               AND (r.last_seen > now() - interval '5 seconds' OR o.saved_at > now() - interval '5 seconds') \
                AND o.refs ? $1 ORDER BY o.replica_id",
         )
         .bind(id)
@@ -823,9 +824,9 @@ impl Store for PostgresStore {
             )));
         }
         let activating: Vec<String> = sqlx::query_scalar(
-            "SELECT o.replica_id FROM replica_overrides o JOIN replicas r ON r.id = o.replica_id \
-             WHERE r.last_seen > now() - interval '5 seconds' AND o.active_strategy = $1 \
-             ORDER BY o.replica_id",
+            "SELECT o.replica_id FROM replica_overrides o LEFT JOIN replicas r ON r.id = o.replica_id \
+             WHERE (r.last_seen > now() - interval '5 seconds' OR o.saved_at > now() - interval '5 seconds') \
+               AND o.active_strategy = $1 ORDER BY o.replica_id",
         )
         .bind(name)
         .fetch_all(&mut *tx)
@@ -913,9 +914,43 @@ impl Store for PostgresStore {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The counter lock orders this save with every delete (which takes it
-        // before reading the files' references): either the delete sees this
-        // file's references and is refused, or this save sees the node gone.
+        let refs =
+            serde_json::to_value(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
+        // The (possibly large) row first, the counter lock last: admin writes
+        // wait for this save only while it checks its references.
+        sqlx::query(
+            "INSERT INTO replica_overrides \
+             (replica_id, content, revision, refs, loaded_at, active_strategy, saved_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (replica_id) DO UPDATE SET \
+             content = EXCLUDED.content, revision = EXCLUDED.revision, refs = EXCLUDED.refs, \
+             active_strategy = EXCLUDED.active_strategy, \
+             loaded_at = EXCLUDED.loaded_at, saved_at = now()",
+        )
+        .bind(replica)
+        .bind(&saved.content)
+        .bind(&saved.revision)
+        .bind(refs)
+        .bind(&saved.loaded_at)
+        .bind(&saved.active_strategy)
+        .execute(&mut *tx)
+        .await?;
+        if previous_revision != Some(saved.revision.as_str()) {
+            insert_audit(
+                &mut tx,
+                "overrides.reload",
+                replica,
+                previous_revision
+                    .filter(|r| !r.is_empty())
+                    .map(|r| Value::String(r.into())),
+                Some(Value::String(saved.revision.clone())),
+                actor,
+            )
+            .await?;
+        }
+        // The counter lock orders this save with every delete, which takes it
+        // before reading the files' references: a delete that committed
+        // first is seen here (the node is gone: refused); one that comes
+        // later waits for this commit and then sees these references.
         sqlx::query("SELECT change_seq FROM cluster_state WHERE id = 1 FOR UPDATE")
             .execute(&mut *tx)
             .await?;
@@ -939,37 +974,6 @@ impl Store for PostgresStore {
             if get_strategy(&mut tx, name).await?.is_none() {
                 return Err(gone_strategy(name));
             }
-        }
-        let refs =
-            serde_json::to_value(&saved.refs).map_err(|e| StoreError::Internal(Box::new(e)))?;
-        sqlx::query(
-            "INSERT INTO replica_overrides \
-             (replica_id, content, revision, refs, loaded_at, active_strategy) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (replica_id) DO UPDATE SET \
-             content = EXCLUDED.content, revision = EXCLUDED.revision, refs = EXCLUDED.refs, \
-             active_strategy = EXCLUDED.active_strategy, \
-             loaded_at = EXCLUDED.loaded_at",
-        )
-        .bind(replica)
-        .bind(&saved.content)
-        .bind(&saved.revision)
-        .bind(refs)
-        .bind(&saved.loaded_at)
-        .bind(&saved.active_strategy)
-        .execute(&mut *tx)
-        .await?;
-        if previous_revision != Some(saved.revision.as_str()) {
-            insert_audit(
-                &mut tx,
-                "overrides.reload",
-                replica,
-                previous_revision
-                    .filter(|r| !r.is_empty())
-                    .map(|r| Value::String(r.into())),
-                Some(Value::String(saved.revision.clone())),
-                actor,
-            )
-            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -467,7 +467,7 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         expected: Option<i64>,
-        _replica: &str,
+        replica: &str,
         actor: &Actor,
     ) -> Result<Written<NodeRecord>, StoreError> {
         let _gate = self.health_gate.lock().await;
@@ -476,6 +476,22 @@ impl Store for SqliteStore {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         check_version(expected, Some(previous.version))?;
+        // The last good overrides kept in the store name their nodes too (one
+        // process: the same file the controller already checked).
+        let referenced: Vec<String> = sqlx::query_scalar(
+            "SELECT replica_id FROM replica_overrides WHERE replica_id <> ? \
+             AND EXISTS (SELECT 1 FROM json_each(replica_overrides.refs) WHERE value = ?) \
+             ORDER BY replica_id",
+        )
+        .bind(replica)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !referenced.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "node {id} is referenced by the overrides file; remove it there first"
+            )));
+        }
         let seq = bump(&mut tx, "node", id).await?;
         retire(&mut tx, "node", id, previous.version).await?;
         sqlx::query("DELETE FROM nodes WHERE id = ?")

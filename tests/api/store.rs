@@ -64,6 +64,7 @@ on_both_stores!(
     expiry_and_probe_verdicts_are_stored,
     the_last_good_overrides_are_kept_with_one_audit_row_per_revision,
     overrides_naming_a_node_deleted_since_validation_are_refused,
+    a_save_and_a_delete_racing_never_both_succeed,
     replicas_report_themselves,
 );
 
@@ -389,6 +390,55 @@ async fn overrides_naming_a_node_deleted_since_validation_are_refused(store: Arc
         .await
         .unwrap();
     assert!(store.load_overrides("r1").await.unwrap().is_some());
+}
+
+/// A replica saving a file that names node `n` and another replica deleting
+/// `n` at the same moment: one of the two must lose, every time.
+async fn a_save_and_a_delete_racing_never_both_succeed(store: Arc<dyn Store>) {
+    let mut outcomes = [0usize; 3];
+    for i in 0..40 {
+        let id = format!("n{i}");
+        store.create_node(&spec(&id), &actor("w")).await.unwrap();
+        let saved = SavedOverrides {
+            content: format!("pins: {{vip: {id}}}\n"),
+            revision: format!("rev{i}"),
+            refs: vec![id.clone()],
+            stored_refs: vec![id.clone()],
+            active_strategy: None,
+            loaded_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let (a, b) = (store.clone(), store.clone());
+        let save =
+            tokio::spawn(
+                async move { a.save_overrides("r1", &saved, Some(""), &actor("s")).await },
+            );
+        let del = {
+            let id = id.clone();
+            tokio::spawn(async move { b.delete_node(&id, None, "r2", &actor("d")).await })
+        };
+        let (save, del) = (save.await.unwrap(), del.await.unwrap());
+        assert!(
+            !(save.is_ok() && del.is_ok()),
+            "round {i}: the file names {id} and {id} was deleted"
+        );
+        outcomes[usize::from(save.is_ok()) + 2 * usize::from(del.is_ok()) - 1] += 1;
+        // Let go of the node for the next round.
+        let empty = SavedOverrides {
+            content: String::new(),
+            revision: format!("empty{i}"),
+            refs: Vec::new(),
+            stored_refs: Vec::new(),
+            active_strategy: None,
+            loaded_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        store
+            .save_overrides("r1", &empty, Some(""), &actor("s"))
+            .await
+            .unwrap();
+    }
+    // Both orders happen at least sometimes, or the race was not raced.
+    assert_eq!(outcomes[2], 0);
+    assert!(outcomes[0] + outcomes[1] == 40, "{outcomes:?}");
 }
 
 async fn replicas_report_themselves(store: Arc<dyn Store>) {
