@@ -319,8 +319,12 @@ impl Config {
                 return Err(format!("limits.{name}: must be 100..=3600000, got {ms}"));
             }
         }
-        if l.max_connections == 0 {
-            return Err("limits.max_connections: must be at least 1".into());
+        if !(1..=crate::server::MAX_CONNECTIONS).contains(&l.max_connections) {
+            return Err(format!(
+                "limits.max_connections: must be 1..={}, got {}",
+                crate::server::MAX_CONNECTIONS,
+                l.max_connections
+            ));
         }
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err("tls: set both cert_path and key_path, or neither".into());

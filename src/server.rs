@@ -4,14 +4,17 @@
 //! a failing `accept` at once (a full core spins once descriptors run out), so
 //! connections are served here with hyper directly:
 //! - a cap on open connections (`limits.max_connections`, lowered at start to
-//!   fit the descriptor limit); a connection past it is answered 503 and
-//!   closed at once, without a task;
+//!   fit the descriptor limit; the admin listener has its own small one, so a
+//!   flood on the public port cannot lock admins out); a connection past it is
+//!   answered 503 and closed at once, without a task;
 //! - `accept` errors (EMFILE, ENFILE, ENOBUFS) back off from 5 ms to 1 s;
-//! - `limits.header_timeout_ms`: the first byte and every request head must
-//!   arrive within it (hyper's HTTP/1.1 header timeout, which also bounds the
-//!   wait for the next keep-alive request), and so must a TLS handshake;
-//! - `limits.idle_timeout_ms`: a connection with no bytes either way for that
-//!   long is closed (HTTP/2 included);
+//! - `limits.header_timeout_ms`: a new connection's first request must
+//!   arrive within it, and so must every HTTP/1.1 request head (hyper's header
+//!   timeout, which also bounds the wait for the next keep-alive request) and
+//!   a TLS handshake;
+//! - `limits.idle_timeout_ms`: a connection with no request in flight for that
+//!   long is closed, whatever else it sends (HTTP/2 PINGs, a stream's headers
+//!   a byte at a time); a request in flight is never cut by it;
 //! - TLS with rustls, certificate and key reloaded when their files change;
 //! - a listener role on every request, so `/admin/*` can be kept to the
 //!   admin listener.
@@ -25,12 +28,10 @@ use std::{
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -48,7 +49,7 @@ use poem::{
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{watch, OwnedSemaphorePermit, Semaphore},
 };
@@ -73,6 +74,9 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
 }
+
+/// The most connections a listener may be configured for.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// How long connections get to finish their requests at shutdown.
 const GRACE: Duration = Duration::from_secs(30);
@@ -201,21 +205,33 @@ impl Tls {
         Ok(true)
     }
 
-    /// Checks the files every second until `stop`; a failed pair is logged
+    /// Checks the files every second until `stop`; a change is loaded once
+    /// the files have stayed the same for a second; a failed pair is logged
     /// once per change.
     pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failed: Fingerprint = None;
+        let mut previous: Fingerprint = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => return,
             }
             let tls = self.clone();
+            let settled = previous;
             let result = tokio::task::spawn_blocking(move || {
                 let now = fingerprint(&tls.cert, &tls.key);
+                // Files still being written (a chain cut between two
+                // certificates, a key without its certificate yet) change
+                // between two checks: wait until they stay the same.
+                if now != settled {
+                    return (Ok(false), now);
+                }
                 (tls.reload_if_changed(), now)
             })
             .await;
+            if let Ok((_, now)) = &result {
+                previous = *now;
+            }
             match result {
                 Ok((Ok(true), _)) => {
                     failed = None;
@@ -242,74 +258,57 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
     }
 }
 
-/// Counts time since the server started, in milliseconds, for activity
-/// stamps that fit in an atomic.
+/// Milliseconds since `epoch`, for stamps that fit in an atomic.
 fn millis_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-/// A connection's socket that stamps every byte moved, for the idle and
-/// first-byte watchdogs.
-struct Watched<T> {
-    inner: T,
+/// What a connection's watchdog reads: requests in flight and when the last
+/// one ended. Kept by a guard in the service, so a cancelled request counts
+/// as ended too.
+struct ConnState {
     epoch: Instant,
-    /// Last activity, in ms since `epoch`.
-    last: Arc<AtomicU64>,
-    /// Whether a byte was ever read (0 / 1).
-    read_any: Arc<AtomicU64>,
+    started: AtomicU64,
+    in_flight: AtomicU64,
+    /// When the last request ended, in ms since `epoch`.
+    last_end: AtomicU64,
+    /// Wakes the watchdog when a request starts or ends.
+    changed: tokio::sync::Notify,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let out = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(out, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
-            self.read_any.store(1, Ordering::Relaxed);
-        }
-        out
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: &Arc<ConnState>) -> Self {
+        state.started.fetch_add(1, Ordering::Relaxed);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.changed.notify_one();
+        InFlight(state.clone())
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let out = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
-        }
-        out
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.last_end.store(millis_since(s.epoch), Ordering::Relaxed);
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        s.changed.notify_one();
     }
+}
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let out = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(millis_since(self.epoch), Ordering::Relaxed);
-        }
-        out
+/// Keeps `imroute_connections_open` right on every path out, panics included.
+struct OpenGauge(prometheus::IntGauge);
+
+impl OpenGauge {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenGauge(gauge.clone())
     }
+}
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -319,10 +318,12 @@ struct Shared {
     app: App,
     limits: ConnLimits,
     tls: Option<Arc<Tls>>,
-    slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     epoch: Instant,
 }
+
+/// Connections the admin listener takes at once, apart from the public cap.
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// A bound listener and its role.
 pub struct Bound {
@@ -343,22 +344,29 @@ pub async fn serve<E>(
 where
     E: Endpoint + 'static,
 {
-    let permits = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         app: Arc::new(poem::EndpointExt::boxed(
             poem::EndpointExt::map_to_response(app),
         )),
         limits,
         tls: tls.clone(),
-        slots: Arc::new(Semaphore::new(permits)),
         metrics,
         epoch: Instant::now(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
+    let mut pools = Vec::new();
     for bound in listeners {
+        let permits = match bound.role {
+            Role::Public => limits.max_connections,
+            Role::Admin => ADMIN_CONNECTIONS.min(limits.max_connections),
+        }
+        .clamp(1, MAX_CONNECTIONS);
+        let slots = Arc::new(Semaphore::new(permits));
+        pools.push((slots.clone(), permits as u32));
         loops.push(tokio::spawn(accept_loop(
             bound,
+            slots,
             shared.clone(),
             stop_rx.clone(),
         )));
@@ -373,13 +381,14 @@ where
         let _ = r.await;
     }
     // Every open connection holds a permit: all back means all closed.
-    let all = u32::try_from(permits).unwrap_or(u32::MAX);
-    if tokio::time::timeout(
-        GRACE + Duration::from_secs(1),
-        shared.slots.acquire_many(all),
-    )
-    .await
-    .is_err()
+    let all_back = futures_util::future::join_all(
+        pools
+            .iter()
+            .map(|(slots, permits)| slots.acquire_many(*permits)),
+    );
+    if tokio::time::timeout(GRACE + Duration::from_secs(1), all_back)
+        .await
+        .is_err()
     {
         tracing::warn!("Connections still open after the shutdown grace period; closing them");
     }
@@ -398,7 +407,12 @@ fn per_connection(e: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    bound: Bound,
+    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     const FIRST: Duration = Duration::from_millis(5);
     const MOST: Duration = Duration::from_secs(1);
     let Bound { listener, role } = bound;
@@ -413,7 +427,7 @@ async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stop: watch::Receive
         match accepted {
             Ok((stream, remote)) => {
                 backoff = FIRST;
-                match shared.slots.clone().try_acquire_owned() {
+                match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let shared = shared.clone();
                         let stop = stop.clone();
@@ -472,8 +486,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     stop: watch::Receiver<bool>,
 ) {
-    let open = &shared.metrics.connections_open;
-    open.inc();
+    let _open = OpenGauge::new(&shared.metrics.connections_open);
     let _ = stream.set_nodelay(true);
     match &shared.tls {
         None => serve_io(stream, Scheme::HTTP, local, remote, role, &shared, stop).await,
@@ -503,7 +516,6 @@ async fn connection(
             }
         }
     }
-    open.dec();
 }
 
 async fn serve_io<I>(
@@ -519,19 +531,21 @@ async fn serve_io<I>(
 {
     let limits = shared.limits;
     let epoch = shared.epoch;
-    let last = Arc::new(AtomicU64::new(millis_since(epoch)));
-    let read_any = Arc::new(AtomicU64::new(0));
-    let io = Watched {
-        inner: io,
+    let state = Arc::new(ConnState {
         epoch,
-        last: last.clone(),
-        read_any: read_any.clone(),
-    };
+        started: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        last_end: AtomicU64::new(millis_since(epoch)),
+        changed: tokio::sync::Notify::new(),
+    });
     let app = shared.app.clone();
+    let requests = state.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
         let scheme = scheme.clone();
+        let guard = InFlight::start(&requests);
         async move {
+            let _guard = guard;
             let mut req: Request = (
                 req,
                 LocalAddr(Addr::SocketAddr(local)),
@@ -555,28 +569,39 @@ async fn serve_io<I>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    // Closes the connection when the client sends nothing at all within the
-    // header timeout (hyper's own clock starts only once it saw a byte), or
-    // nothing moves either way for the idle timeout.
-    let started = millis_since(epoch);
+    // Closes a connection whose first request does not arrive within the
+    // header timeout (hyper's own clock starts only once it has detected
+    // HTTP/1, and HTTP/2 has none), or that has had no request in flight for
+    // the idle timeout. Bytes alone (PINGs, headers dribbled in) keep
+    // nothing open; a request in flight is never cut.
+    let opened = millis_since(epoch);
     let watchdog = async {
+        let header = limits.header_timeout.as_millis() as u64;
+        let idle = limits.idle_timeout.as_millis() as u64;
         loop {
             let now = millis_since(epoch);
-            if read_any.load(Ordering::Relaxed) == 0 {
-                let deadline = started + limits.header_timeout.as_millis() as u64;
-                if now >= deadline {
+            let deadline = if state.started.load(Ordering::Relaxed) == 0 {
+                if now >= opened + header {
                     return "header_timeout";
                 }
-                tokio::time::sleep(Duration::from_millis(deadline - now)).await;
-                continue;
+                opened + header
+            } else if state.in_flight.load(Ordering::Relaxed) > 0 {
+                // Until the request ends.
+                u64::MAX
+            } else {
+                let deadline = state.last_end.load(Ordering::Relaxed) + idle;
+                if now >= deadline {
+                    return "idle_timeout";
+                }
+                deadline
+            };
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = state.changed.notified() => {}
             }
-            let deadline = last.load(Ordering::Relaxed) + limits.idle_timeout.as_millis() as u64;
-            if now >= deadline {
-                return "idle_timeout";
-            }
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
         }
     };
     tokio::select! {
@@ -586,7 +611,14 @@ async fn serve_io<I>(
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_timeout);
                 if timeout {
-                    shared.metrics.connections_closed.with_label_values(&["header_timeout"]).inc();
+                    // hyper's header clock: on a connection that finished a
+                    // request, mostly the wait for the next one.
+                    let reason = if state.started.load(Ordering::Relaxed) == 0 {
+                        "header_timeout"
+                    } else {
+                        "keepalive_timeout"
+                    };
+                    shared.metrics.connections_closed.with_label_values(&[reason]).inc();
                 }
             }
             return;

@@ -173,36 +173,46 @@ impl AdminApi {
                 format!("limit: must be 1..=1000, got {limit}"),
             ));
         }
-        let rows = state.ctl.audit_page(limit, before.0).await?;
-        let full = rows.len() == limit as usize;
-        let mut page = Vec::with_capacity(rows.len());
+        // In chunks, so a page of large rows never loads more than it sends.
+        const CHUNK: u32 = 50;
+        let mut page: Vec<AuditRecord> = Vec::new();
         let mut bytes = 0usize;
-        let mut cut = false;
-        for r in rows {
-            // Each side is at most 64 KiB as stored.
-            let size = 256
-                + r.request_id.len()
-                + r.target.len()
-                + r.before.as_ref().map_or(0, |v| v.to_string().len())
-                + r.after.as_ref().map_or(0, |v| v.to_string().len());
-            if !page.is_empty() && bytes + size > AUDIT_PAGE_BYTES {
-                cut = true;
+        let mut cursor = before.0;
+        let mut more = true;
+        'fill: while page.len() < limit as usize {
+            let want = (limit - page.len() as u32).min(CHUNK);
+            let rows = state.ctl.audit_page(want, cursor).await?;
+            let got = rows.len();
+            for r in rows {
+                // Each side is at most 64 KiB as stored.
+                let size = 256
+                    + r.request_id.len()
+                    + r.target.len()
+                    + r.before.as_ref().map_or(0, |v| v.to_string().len())
+                    + r.after.as_ref().map_or(0, |v| v.to_string().len());
+                if !page.is_empty() && bytes + size > AUDIT_PAGE_BYTES {
+                    break 'fill;
+                }
+                bytes += size;
+                cursor = Some(r.id);
+                page.push(AuditRecord {
+                    id: r.id,
+                    at: r.at,
+                    action: r.action,
+                    target: r.target,
+                    before: r.before,
+                    after: r.after,
+                    request_id: r.request_id,
+                    actor: r.actor.as_str().to_owned(),
+                });
+            }
+            if got < want as usize {
+                more = false;
                 break;
             }
-            bytes += size;
-            page.push(AuditRecord {
-                id: r.id,
-                at: r.at,
-                action: r.action,
-                target: r.target,
-                before: r.before,
-                after: r.after,
-                request_id: r.request_id,
-                actor: r.actor.as_str().to_owned(),
-            });
         }
         let link = match page.last() {
-            Some(last) if full || cut => Some(format!(
+            Some(last) if more => Some(format!(
                 "</admin/audit?limit={limit}&before={}>; rel=\"next\"",
                 last.id
             )),

@@ -16,6 +16,9 @@ pub struct AdminAuth(());
 
 async fn check_token(req: &Request, bearer: Bearer) -> Option<()> {
     let state = req.data::<Arc<AppState>>()?;
+    // Also here, not only in the outer layer by path: whatever path reached
+    // an admin operation, the listener and allowlist rules hold.
+    state.access.reachable(req).ok()?;
     // Constant time in the token's content: a wrong guess takes as long
     // whichever byte it gets wrong.
     bool::from(bearer.token.as_bytes().ct_eq(state.token.as_bytes())).then_some(())

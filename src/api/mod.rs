@@ -78,6 +78,20 @@ impl AdminAccess {
     /// 404 on the public listener when the admin API has its own, 403 from a
     /// network not allowed, then 401 without the token.
     fn admit(&self, req: &Request, token: &str) -> Result<(), ApiError> {
+        self.reachable(req)?;
+        if !auth::bearer_matches(req, token) {
+            return Err(ApiError::new(
+                poem::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listener and `admin_allow` rules alone (also checked by every
+    /// admin operation's own authentication, whatever path reached it).
+    pub fn reachable(&self, req: &Request) -> Result<(), ApiError> {
         let role = req.extensions().get::<crate::server::Role>().copied();
         if self.separate && role != Some(crate::server::Role::Admin) {
             return Err(ApiError::new(
@@ -98,13 +112,6 @@ impl AdminAccess {
                     "the admin API is not open to this address (admin_allow)",
                 ));
             }
-        }
-        if !auth::bearer_matches(req, token) {
-            return Err(ApiError::new(
-                poem::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or invalid bearer token",
-            ));
         }
         Ok(())
     }

@@ -51,8 +51,24 @@ async fn healthz_within(app: &TestApp, limit: Duration) -> bool {
     matches!(client.get(app.url("/healthz")).send().await, Ok(r) if r.status() == 200)
 }
 
+/// This test process holds both ends of many connections: make room.
+fn raise_descriptor_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 #[tokio::test]
 async fn half_request_lines_are_closed_within_the_header_timeout_while_healthz_answers() {
+    raise_descriptor_limit(4096);
     let app = spawn_app_with(|c| c.limits.header_timeout_ms = 1000).await;
     let addr = host_port(&app);
     let mut slow = Vec::new();
@@ -88,8 +104,9 @@ async fn half_request_lines_are_closed_within_the_header_timeout_while_healthz_a
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
+    // The idle clock (800 ms), not hyper's header clock (5 s), closes it.
     let app = spawn_app_with(|c| {
-        c.limits.header_timeout_ms = 800;
+        c.limits.header_timeout_ms = 5000;
         c.limits.idle_timeout_ms = 800;
     })
     .await;
@@ -102,10 +119,51 @@ async fn idle_keep_alive_connections_are_closed() {
     let idle = Instant::now();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
     assert!(
-        idle.elapsed() >= Duration::from_millis(700),
+        idle.elapsed() >= Duration::from_millis(400),
         "{:?}",
         idle.elapsed()
     );
+}
+
+/// HTTP/2 has no header clock, and PINGs move bytes both ways: a connection
+/// that sends no request is still closed, by the first-request deadline or,
+/// after a request, by the idle clock.
+#[tokio::test]
+async fn http2_connections_that_only_ping_are_closed() {
+    let app = spawn_app_with(|c| {
+        c.limits.header_timeout_ms = 800;
+        c.limits.idle_timeout_ms = 800;
+    })
+    .await;
+    for send_one_request in [false, true] {
+        let tcp = TcpStream::connect(host_port(&app)).await.unwrap();
+        let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+        let mut pings = connection.ping_pong().expect("ping handle");
+        let driver = tokio::spawn(connection);
+        if send_one_request {
+            let mut client = client.ready().await.unwrap();
+            let req = http::Request::get(format!("{}/healthz", app.addr))
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            assert_eq!(resp.await.unwrap().status(), 200);
+        }
+        let start = Instant::now();
+        let mut closed = false;
+        while start.elapsed() < Duration::from_secs(4) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                closed = true;
+                break;
+            }
+        }
+        assert!(
+            closed,
+            "request sent: {send_one_request}; still open after {:?} of PINGs",
+            start.elapsed()
+        );
+        let _ = driver.await;
+    }
 }
 
 /// An unauthenticated client is refused before it sends a byte of its body:
@@ -489,24 +547,48 @@ async fn tls_end_to_end_with_certificates_reloaded_when_their_files_change() {
     let (cert2, key2, root2) = test_cert();
     std::fs::write(&key_path, &key2).unwrap();
     std::fs::write(&cert_path, &cert2).unwrap();
-    let client2 = tls_client(root2);
+    let client2 = tls_client(root2.clone());
     let url = format!("{https}/healthz");
     let switched = eventually(Duration::from_secs(10), || async {
         matches!(client2.get(&url).send().await, Ok(r) if r.status() == 200)
     })
     .await;
     assert!(switched, "the new certificate is served");
-    // A broken pair is refused and the one in use stays.
+    // A broken pair is refused and the one in use stays: a new client (so a
+    // new handshake) still gets the second certificate.
     std::fs::write(&cert_path, "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let resp = client2.get(&url).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = tls_client(root2).get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
 async fn the_admin_api_can_have_its_own_listener_and_allowlist() {
-    let app = spawn_app_with(|c| c.admin_listen = Some("127.0.0.1:0".into())).await;
+    let app = spawn_app_with(|c| {
+        c.admin_listen = Some("127.0.0.1:0".into());
+        c.limits.max_connections = 4;
+    })
+    .await;
     let admin = app.state_admin_addr();
+    // Odd spellings of admin paths reach nothing on the public listener.
+    for path in [
+        "/admin/nodes",
+        "//admin/nodes",
+        "/%61dmin/nodes",
+        "/ADMIN/nodes",
+        "/x/../admin/nodes",
+        "/admin/../admin/nodes",
+        "/docs/../admin/nodes",
+    ] {
+        let resp = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
     // On the public listener /admin/* does not exist, token or not.
     let resp = app.admin(Method::GET, "/admin/nodes", None).await;
     assert_eq!(resp.status(), 404);
@@ -530,6 +612,22 @@ async fn the_admin_api_can_have_its_own_listener_and_allowlist() {
     // Routing stays on the public listener.
     let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // A flood that fills the public listener leaves the admin one open.
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(TcpStream::connect(host_port(&app)).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(host_port(&app)).await.unwrap();
+    let head = read_head(&mut extra, Duration::from_secs(2)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{admin}/admin/nodes"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(flood);
 
     for (allow, expect) in [
         (vec!["10.0.0.0/8".to_owned()], 403),
