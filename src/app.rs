@@ -127,6 +127,10 @@ impl Application {
                 token,
                 access,
                 body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
+                cors: crate::api::cors::Cors {
+                    public: crate::api::cors::Origins::from_config(&config.cors_origins),
+                    admin: crate::api::cors::Origins::from_config(&config.admin_cors_origins),
+                },
             }),
             _watcher: watcher,
             tasks,

@@ -30,6 +30,12 @@ pub struct Config {
     /// Client networks (CIDRs such as `10.0.0.0/8` or single addresses)
     /// allowed to reach `/admin/*`; empty: any. Others get 403.
     pub admin_allow: Vec<String>,
+    /// Origins that browsers may call `/route` and `/route/batch` from
+    /// (`*`: any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Origins that browsers may call `/admin/*` from; empty (the default):
+    /// no CORS headers on admin answers.
+    pub admin_cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +138,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             admin_listen: None,
             admin_allow: Vec::new(),
+            cors_origins: vec!["*".into()],
+            admin_cors_origins: Vec::new(),
         }
     }
 }
@@ -234,12 +242,13 @@ impl Config {
             config.admin_listen = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("IMROUTE_ADMIN_ALLOW") {
-            config.admin_allow = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            config.admin_allow = split_list(&v);
+        }
+        if let Some(v) = env("IMROUTE_CORS_ORIGINS") {
+            config.cors_origins = split_list(&v);
+        }
+        if let Some(v) = env("IMROUTE_ADMIN_CORS_ORIGINS") {
+            config.admin_cors_origins = split_list(&v);
         }
         if let Some(v) = env("IMROUTE_TLS_CERT_PATH") {
             config.tls.cert_path = Some(v.into());
@@ -335,6 +344,24 @@ impl Config {
             }
         }
         self.admin_networks()?;
+        for (key, list) in [
+            ("cors_origins", &self.cors_origins),
+            ("admin_cors_origins", &self.admin_cors_origins),
+        ] {
+            for origin in list {
+                let ok = origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/')
+                        && origin.len() <= 256
+                        && origin.bytes().all(|b| b.is_ascii_graphic()));
+                if !ok {
+                    return Err(format!(
+                        "{key}: {:?} is not an origin such as https://app.example.com or *",
+                        crate::model::truncate(origin)
+                    ));
+                }
+            }
+        }
         let h = &self.health;
         if h.heartbeat_ttl_secs == 0 {
             return Err("health.heartbeat_ttl_secs: must be at least 1".into());
@@ -378,6 +405,15 @@ impl Config {
         c.database_url = redact_url(&c.database_url);
         c
     }
+}
+
+/// `a, b,c` -> `["a", "b", "c"]`.
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A database URL with its password replaced (in the user info and in a

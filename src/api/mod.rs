@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod json_guard;
 pub mod nodes;
@@ -62,6 +63,7 @@ pub struct AppState {
     pub access: AdminAccess,
     /// A request's whole body must arrive within this (`limits.body_timeout_ms`).
     pub body_timeout: std::time::Duration,
+    pub cors: cors::Cors,
 }
 
 /// Who may reach `/admin/*`, checked before the token and before any byte of
@@ -283,6 +285,15 @@ impl<E: Endpoint> Outer<E> {
             if path == "/admin" || path.starts_with("/admin/") {
                 self.state.access.admit(&req, &self.state.token)?;
             }
+            if let Some(query) = req.uri().query() {
+                if !query_is_utf8(query) {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        "the query string is not valid UTF-8 once percent-decoded",
+                    )
+                    .into());
+                }
+            }
             if takes_body(req.method(), endpoint) {
                 let timeout = self.state.body_timeout;
                 req = match tokio::time::timeout(timeout, limit_body(req, self.max_body)).await {
@@ -334,11 +345,23 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         let method = req.method().clone();
         let span = tracing::info_span!("request", request_id = %rid);
         let path_kind = PathKind::of(req.uri().path());
-        let mut resp = if span.is_disabled() {
+        let origin = req.headers().get(poem::http::header::ORIGIN).cloned();
+        let mut resp = if let Some(resp) = self.state.cors.preflight(&req, endpoint) {
+            resp
+        } else if span.is_disabled() {
             self.handle(req, endpoint).await
         } else {
             self.handle(req, endpoint).instrument(span.clone()).await
         };
+        self.state
+            .cors
+            .decorate(origin.as_ref(), endpoint, &mut resp);
+        if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(methods) = cors::allowed_methods(endpoint) {
+                resp.headers_mut()
+                    .insert(poem::http::header::ALLOW, HeaderValue::from_static(methods));
+            }
+        }
         let status = resp.status().as_u16();
         let elapsed = start.elapsed();
         if let Some(m) = self.metrics.get(endpoint) {
@@ -363,6 +386,33 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         security_headers(&mut resp, path_kind);
         Ok(resp)
     }
+}
+
+/// Whether a query string is UTF-8 once percent-decoded (`%FF` is not: it
+/// would otherwise become U+FFFD, and `%FE` would name the same user).
+fn query_is_utf8(query: &str) -> bool {
+    if !query.contains('%') {
+        return true;
+    }
+    let raw = query.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match raw[i] {
+            b'%' if i + 2 < raw.len() => match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::str::from_utf8(&out).is_ok()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -449,6 +499,17 @@ pub fn build_app_with(state: Arc<AppState>, fast_path: bool) -> impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_must_decode_to_utf8() {
+        assert!(query_is_utf8("uid=alice&intranet=0"));
+        assert!(query_is_utf8("uid=%C3%A9t%C3%A9"));
+        assert!(query_is_utf8("uid=100%"));
+        assert!(query_is_utf8("uid=%zz"));
+        assert!(!query_is_utf8("uid=%FF"));
+        assert!(!query_is_utf8("uid=%C3"));
+        assert!(!query_is_utf8("a=1&uid=%FE%FF"));
+    }
 
     /// Every operation with a request body in the spec is one whose body is
     /// read, and no other: the table cannot drift from the API.

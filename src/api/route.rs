@@ -233,12 +233,30 @@ pub fn batch(
     Ok(RoutedJson::new(json, snap.table.revision()))
 }
 
+/// The routing key of a `GET /route` without `uid` (as WuKongIM's SDK
+/// examples and CLI bench send it): the caller's address, so one caller
+/// always gets the same node and callers spread over the nodes.
+fn caller_key(req: &Request) -> String {
+    match req.remote_addr().as_socket_addr() {
+        Some(addr) => format!("ip:{}", addr.ip().to_canonical()),
+        None => "ip:unknown".to_owned(),
+    }
+}
+
 /// `GET /route`, shared by the served fast path and the documented operation.
-pub fn one(state: &AppState, query: &RouteQuery) -> Result<RoutedJson<RouteAnswer>, ApiError> {
-    let uid = query
-        .uid
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("invalid_query", "uid: required"))?;
+pub fn one(
+    state: &AppState,
+    query: &RouteQuery,
+    req: &Request,
+) -> Result<RoutedJson<RouteAnswer>, ApiError> {
+    let by_caller;
+    let uid = match query.uid.as_deref() {
+        Some(uid) if !uid.is_empty() => uid,
+        _ => {
+            by_caller = caller_key(req);
+            &by_caller
+        }
+    };
     crate::overrides::model::check_uid(uid, state.ctl.limits.max_uid_bytes)
         .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
     let snap = state.ctl.snapshot();
@@ -277,7 +295,7 @@ pub async fn fast_path(state: &AppState, req: &mut Request) -> Option<Response> 
         return Some(answer.unwrap_or_else(IntoResponse::into_response));
     }
     if method == poem::http::Method::GET && path == "/route" {
-        let answer = RouteQuery::parse(query).and_then(|q| one(state, &q));
+        let answer = RouteQuery::parse(query).and_then(|q| one(state, &q, req));
         return Some(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response));
     }
     None
@@ -305,11 +323,16 @@ impl RouteApi {
     }
 
     /// Route one user
+    ///
+    /// Without `uid` (as WuKongIM's SDK examples and CLI bench call it), the
+    /// answer is a node chosen for the caller's address: the same for one
+    /// caller, spread over callers.
     #[oai(path = "/route", method = "get", operation_id = "route_one")]
     async fn route_one(
         &self,
+        req: &Request,
         state: Data<&Arc<AppState>>,
-        /// The user id.
+        /// The user id; absent or empty: a node for the caller's address.
         uid: Query<Option<String>>,
         /// `1` for intranet addresses, `0` or absent for external.
         intranet: Query<Option<String>>,
@@ -317,6 +340,6 @@ impl RouteApi {
         region: Query<Option<String>>,
     ) -> Result<RoutedJson<RouteAnswer>, ApiError> {
         let query = RouteQuery::new(uid.0, intranet.0.as_deref(), region.0)?;
-        one(&state, &query)
+        one(&state, &query, req)
     }
 }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod cli;
 mod cluster;
+mod compat;
 mod errors;
 mod hardening;
 mod health;
