@@ -11,8 +11,10 @@ pub mod nodes;
 pub mod ops;
 pub mod payload;
 pub mod route;
+pub mod spec;
 pub mod strategies;
 pub mod uids;
+pub mod validate;
 
 use std::{
     collections::HashMap,
@@ -148,7 +150,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
 
 /// The spec as served at `/openapi.yaml` and printed by `imroute openapi`.
 pub fn openapi_yaml() -> String {
-    openapi_service().spec_yaml()
+    spec::yaml().to_owned()
 }
 
 /// `If-Match: "3"` (or `3`, or `W/"3"`) -> version 3; `*` or absent -> none.
@@ -158,7 +160,11 @@ pub fn if_match(header: Option<&str>) -> Result<Option<i64>, ApiError> {
     if v == "*" {
         return Ok(None);
     }
-    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    // If-Match compares strongly: a weak tag never matches (412).
+    if v.starts_with("W/") {
+        return Ok(Some(-1));
+    }
+    let v = v.trim_matches('"');
     v.parse::<i64>().map(Some).map_err(|_| {
         ApiError::bad_request(
             "invalid_header",
@@ -213,7 +219,7 @@ fn request_id(req: &Request) -> String {
 /// Reads the body into memory up to the limit (413 past it, with or without
 /// Content-Length) so no handler ever sees an oversized body, and rejects
 /// admin JSON objects with repeated keys.
-async fn limit_body(mut req: Request, max: usize) -> poem::Result<Request> {
+async fn limit_body(mut req: Request, max: usize, endpoint: &str) -> poem::Result<Request> {
     let too_large = || {
         ApiError::new(
             poem::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -243,6 +249,10 @@ async fn limit_body(mut req: Request, max: usize) -> poem::Result<Request> {
         if let Some(msg) = json_guard::duplicate_key(&bytes) {
             return Err(ApiError::bad_request("invalid_body", msg).into());
         }
+    }
+    if req.uri().path().starts_with("/admin/") {
+        validate::body(req.method().as_str(), endpoint, &bytes)
+            .map_err(|msg| ApiError::bad_request("invalid_body", msg))?;
     }
     req.set_body(Body::from_bytes(bytes));
     Ok(req)
@@ -293,10 +303,16 @@ impl<E: Endpoint> Outer<E> {
                     )
                     .into());
                 }
+                if path.starts_with("/admin/") {
+                    validate::query(req.method().as_str(), endpoint, query)
+                        .map_err(|msg| ApiError::bad_request("invalid_query", msg))?;
+                }
             }
             if takes_body(req.method(), endpoint) {
                 let timeout = self.state.body_timeout;
-                req = match tokio::time::timeout(timeout, limit_body(req, self.max_body)).await {
+                req = match tokio::time::timeout(timeout, limit_body(req, self.max_body, endpoint))
+                    .await
+                {
                     Ok(read) => read?,
                     Err(_) => {
                         return Ok(ApiError::new(
@@ -478,14 +494,26 @@ pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
 /// through their poem-openapi operations instead (for the equivalence test).
 pub fn build_app_with(state: Arc<AppState>, fast_path: bool) -> impl Endpoint {
     let service = openapi_service();
+    let text = |body: &'static str, content_type: &'static str| {
+        poem::get(poem::endpoint::make_sync(move |_| {
+            Response::builder().content_type(content_type).body(body)
+        }))
+    };
     let metrics = ENDPOINTS
         .iter()
         .map(|e| (*e, state.ctl.metrics.endpoint(e)))
         .collect();
     let routes = Route::new()
-        .nest("/docs", service.swagger_ui())
-        .at("/openapi.json", service.spec_endpoint())
-        .at("/openapi.yaml", service.spec_endpoint_yaml())
+        .at(
+            "/docs",
+            text(spec::swagger_html(), "text/html; charset=utf-8"),
+        )
+        .at(
+            "/docs/",
+            text(spec::swagger_html(), "text/html; charset=utf-8"),
+        )
+        .at("/openapi.json", text(spec::json(), "application/json"))
+        .at("/openapi.yaml", text(spec::yaml(), "application/yaml"))
         .nest("/", service);
     Outer {
         inner: routes,

@@ -225,6 +225,7 @@ pub struct NodePatchDto {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Connections the node currently holds.
     #[oai(default)]

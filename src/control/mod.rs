@@ -1023,12 +1023,35 @@ impl Controller {
             })
     }
 
+    /// A new node whose 32-bit routing seed equals an existing node's is
+    /// refused: the two would have to share draws, and one of them coming or
+    /// going would move the other's users (about N / 2^32 per new id).
+    fn check_no_twin(&self, id: &str) -> Result<(), ControlError> {
+        let seed = crate::routing::hrw::node_seed(id);
+        let inputs = self.lock_inputs();
+        if inputs.effective.contains_key(id) {
+            return Ok(());
+        }
+        match inputs
+            .effective
+            .iter()
+            .find(|(_, (_, p))| p.seed.primary == seed)
+        {
+            Some((other, _)) => Err(ControlError::Invalid(format!(
+                "id: {id:?} hashes to the same 32-bit routing seed as node {other:?} \
+                 (a one-in-four-billion coincidence); choose another id"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub async fn create_node(
         self: &Arc<Self>,
         spec: NodeSpec,
         actor: &Actor,
     ) -> Result<NodeRecord, ControlError> {
         spec.validate().map_err(ControlError::Invalid)?;
+        self.check_no_twin(&spec.id)?;
         let actor = actor.clone();
         self.detached(move |ctl| async move {
             let _w = ctl.write.lock().await;
@@ -1048,6 +1071,7 @@ impl Controller {
         actor: &Actor,
     ) -> Result<(NodeRecord, bool), ControlError> {
         spec.validate().map_err(ControlError::Invalid)?;
+        self.check_no_twin(&spec.id)?;
         let actor = actor.clone();
         self.detached(move |ctl| async move {
             let _w = ctl.write.lock().await;

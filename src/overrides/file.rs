@@ -101,9 +101,11 @@ pub fn check_nesting(text: &str) -> Result<(), String> {
                     }
                 }
                 ']' | '}' => depth = depth.saturating_sub(1),
-                // `*` starts an alias where a node may start; inside a plain
-                // scalar (`a*b`) it is just a character.
-                '*' if prev.is_whitespace() || matches!(prev, '[' | '{' | ',') => {
+                // `*` starts an alias where a node may start, including
+                // right after a quoted key's colon in flow style
+                // (`{"k":*a}`); inside a plain scalar (`a*b`) it is just a
+                // character.
+                '*' if prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':' | '?') => {
                     return Err(format!(
                         "line {line}: YAML aliases (*name) are not allowed in the overrides file"
                     ));
@@ -198,6 +200,8 @@ mod tests {
             .starts_with("line 2: YAML aliases"));
         assert!(check_nesting("pins:\n  u1: *gw\n").is_err());
         assert!(check_nesting("*x: 1\n").is_err());
+        assert!(check_nesting("nodes: {\"gw-1\": {\"labels\":*a}}\n").is_err());
+        assert!(check_nesting("a: {'k':*a}\n").is_err());
         // A star inside a word, quoted or in a comment is no alias.
         assert!(check_nesting("pins:\n  a*b: gw-1\n  \"*c\": gw-2 # *d\n").is_ok());
     }

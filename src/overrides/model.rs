@@ -149,6 +149,17 @@ impl Overrides {
             .iter()
             .map(|n| (n.spec.id.as_str(), n))
             .collect();
+        // File-only nodes may not share a routing seed with another node
+        // (the API refuses such ids too).
+        let mut seeds: HashMap<u32, &str> = stored_nodes
+            .iter()
+            .map(|n| {
+                (
+                    crate::routing::hrw::node_seed(&n.spec.id),
+                    n.spec.id.as_str(),
+                )
+            })
+            .collect();
         for (id, patch) in &self.nodes {
             if !valid_id(id) {
                 return Err(format!(
@@ -165,6 +176,16 @@ impl Overrides {
             // create a node without one.
             let clears = patch.external.as_ref().and_then(|e| e.tcp_addr.as_deref()) == Some("");
             let file_only = stored.is_some() && found.is_none();
+            if found.is_none() && stored.is_some() {
+                let seed = crate::routing::hrw::node_seed(id);
+                if let Some(other) = seeds.insert(seed, id.as_str()) {
+                    if other != id.as_str() {
+                        return Err(format!(
+                            "nodes.{id}: the id hashes to the same 32-bit routing seed as node {other:?}; choose another id"
+                        ));
+                    }
+                }
+            }
             if spec.external.tcp_addr.is_empty() && (clears || file_only) {
                 return Err(format!(
                     "nodes.{id}.external.tcp_addr: required: clients connect to this host:port"

@@ -117,11 +117,34 @@ pub fn effective_seeds(seeds: &[NodeSeed]) -> Vec<u32> {
             (s.key >> 32) as u32,
         ];
         let free = |c: &u32| primaries.binary_search(c).is_err() && !used.contains(c);
-        let seed = choices.iter().copied().find(free).unwrap_or(s.secondary);
+        // Past the three, further draws from the id hash until one is free
+        // (there are fewer nodes than seeds, so this ends): crafted ids
+        // cannot block every choice.
+        let seed = choices.iter().copied().find(free).unwrap_or_else(|| {
+            let mut x = s.key;
+            loop {
+                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let z = fmix64(x);
+                let c = (z ^ (z >> 32)) as u32;
+                if free(&c) {
+                    break c;
+                }
+            }
+        });
         used.push(seed);
         out[i] = seed;
     }
     out
+}
+
+/// 64-bit finaliser (murmur3 `fmix64`), for further twin draws.
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
 }
 
 /// Score of a (uid, node) pair.
@@ -314,6 +337,28 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), 4, "{seeds:?}");
+        // Every choice taken by crafted nodes: a further draw, never a tie.
+        let e = NodeSeed {
+            primary: 7,
+            secondary: 8,
+            key: 0x1234_5678_9abc_def0,
+        };
+        let f = NodeSeed { key: 99, ..e };
+        let blockers: Vec<NodeSeed> = [8u32, 0x1234_5678 ^ 0x9abc_def0, 0x9abc_def0, 0x1234_5678]
+            .iter()
+            .map(|&p| NodeSeed {
+                primary: p,
+                secondary: p,
+                key: u64::from(p),
+            })
+            .collect();
+        let mut all = vec![e, f];
+        all.extend(&blockers);
+        let crafted = effective_seeds(&all);
+        let mut unique = crafted.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "{crafted:?}");
         // Input order does not matter.
         let reversed = effective_seeds(&[d, b, other, a]);
         assert_eq!(reversed, vec![seeds[3], seeds[2], seeds[1], seeds[0]]);

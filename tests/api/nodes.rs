@@ -52,7 +52,7 @@ async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
         (json!({"id": "x".repeat(65)}), "id:"),
         (
             json!({"id": "n", "weight": 70000}),
-            "weight: must be 0..=65535, got 70000",
+            "weight: must be an integer from 0 to 65535",
         ),
         (json!({"id": "n", "weight": -1}), "weight:"),
         (
@@ -82,13 +82,25 @@ async fn invalid_nodes_are_400_naming_the_field_and_write_nothing() {
             json!({"id": "n", "external": {"tcp_addr": "", "ws_addr": "ws://h:1"}}),
             "external.tcp_addr: required",
         ),
-        // A value of the wrong type is caught by the framework, whose message
-        // names the expected type rather than the field.
+        // Values of the wrong type: the field, in the contract's words, and
+        // never a framework type name.
         (
             json!({"id": "n", "state": "sleeping"}),
-            r#"Expected input type "NodeState""#,
+            "state: must be one of active, draining, disabled",
         ),
-        (json!({"id": "n", "colour": "red"}), "colour"),
+        (
+            json!({"id": "n", "weight": "x"}),
+            "weight: must be an integer from 0 to 65535",
+        ),
+        (
+            json!({"id": "n", "weight": 1.5}),
+            "weight: must be an integer from 0 to 65535",
+        ),
+        (json!({"id": "n", "colour": "red"}), "colour: unknown field"),
+        (
+            json!({"id": "n", "labels": {"a": 1}}),
+            "labels.a: must be a string",
+        ),
     ];
     for (body, needle) in cases {
         let (status, err) = app
@@ -490,4 +502,60 @@ async fn if_match_guards_against_stale_writes() {
         .await
         .unwrap();
     assert_eq!(del.status(), 412);
+}
+
+/// Two ids whose 32-bit routing seeds collide cannot both be created: the
+/// second is refused naming the first (and so is a file-only twin).
+#[tokio::test]
+async fn an_id_that_shares_a_routing_seed_with_a_node_is_refused() {
+    let app = spawn_app().await;
+    app.add_node("gw-27287", json!({})).await;
+    let (status, err) = app
+        .admin_json(
+            Method::POST,
+            "/admin/nodes",
+            Some(json!({"id": "gw-84159", "external": {"tcp_addr": "10.0.0.2:1"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.starts_with("id:") && msg.contains("gw-27287"), "{msg}");
+    let (status, _) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/gw-84159",
+            Some(json!({"external": {"tcp_addr": "10.0.0.2:1"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    // Rewriting the existing node is fine.
+    let (status, _) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/nodes/gw-27287",
+            Some(json!({"external": {"tcp_addr": "10.0.0.3:1"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    std::fs::write(
+        app.overrides_path(),
+        "nodes:\n  gw-84159: {external: {tcp_addr: \"10.0.0.2:1\"}}\n",
+    )
+    .unwrap();
+    let (status, err) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("gw-27287"), "{err}");
+    // A weak validator never matches If-Match.
+    let resp = app
+        .client
+        .patch(app.url("/admin/nodes/gw-27287"))
+        .bearer_auth(&app.token)
+        .header("if-match", "W/\"2\"")
+        .json(&json!({"weight": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 412);
 }

@@ -1,0 +1,356 @@
+//! The OpenAPI document as served: poem-openapi's, made exact where the
+//! derive macros cannot say it. One function builds it; `/openapi.json`,
+//! `/openapi.yaml`, `/docs`, `imroute openapi` and the request validator all
+//! read the same value, so none of them can drift from the others.
+//!
+//! What is added: tags in reading order (the public routing API first), one
+//! tag per operation, exactly the error statuses each operation answers
+//! (401 on every admin operation and no other), patterns, ranges, enums and
+//! nullability, an example for every request body that the server accepts as
+//! it stands, and descriptions without rustdoc link brackets.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+/// Tags in the order a developer reads them.
+const TAG_ORDER: &[&str] = &[
+    "Routing",
+    "Nodes",
+    "Strategies",
+    "Overrides",
+    "Audit",
+    "Cluster",
+    "Operations",
+];
+
+const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+
+/// The served document.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let raw: Value = serde_json::from_str(&super::openapi_service().spec())
+            .expect("poem-openapi writes valid JSON");
+        refine(raw)
+    })
+}
+
+pub fn json() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| serde_json::to_string_pretty(document()).unwrap_or_default())
+}
+
+pub fn yaml() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| serde_yaml::to_string(document()).unwrap_or_default())
+}
+
+/// The Swagger UI page: poem-openapi's bundle, our document, our title, and
+/// the bearer token kept across reloads.
+pub fn swagger_html() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let html = super::openapi_service().swagger_ui_html();
+        let html = html.replacen("<title>Swagger UI</title>", "<title>imroute API</title>", 1);
+        let html = html.replacen(
+            "deepLinking: true,",
+            "deepLinking: true,\n        persistAuthorization: true,\n        tryItOutEnabled: true,",
+            1,
+        );
+        // Swap the embedded document for ours.
+        match (html.find("let spec = "), html.find("let oauth2RedirectUrl")) {
+            (Some(start), Some(end)) if start < end => format!(
+                "{}let spec = {};\n    {}",
+                &html[..start],
+                serde_json::to_string(document()).unwrap_or_default(),
+                &html[end..]
+            ),
+            _ => html,
+        }
+    })
+}
+
+fn refine(mut doc: Value) -> Value {
+    strip_rustdoc_links(&mut doc);
+    order_tags(&mut doc);
+    refine_schemas(&mut doc);
+    refine_operations(&mut doc);
+    doc
+}
+
+/// `[`Node`]` -> `` `Node` ``.
+fn strip_rustdoc_links(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("[`") => {
+            *s = s.replace("[`", "`").replace("`]", "`");
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_rustdoc_links),
+        Value::Object(o) => o.values_mut().for_each(strip_rustdoc_links),
+        _ => {}
+    }
+}
+
+fn order_tags(doc: &mut Value) {
+    if let Some(tags) = doc.get_mut("tags").and_then(Value::as_array_mut) {
+        tags.sort_by_key(|t| {
+            TAG_ORDER
+                .iter()
+                .position(|n| t["name"] == *n)
+                .unwrap_or(usize::MAX)
+        });
+    }
+}
+
+fn schema_mut<'a>(doc: &'a mut Value, name: &str) -> Option<&'a mut Map<String, Value>> {
+    doc.get_mut("components")?
+        .get_mut("schemas")?
+        .get_mut(name)?
+        .as_object_mut()
+}
+
+fn set_property(doc: &mut Value, schema: &str, property: &str, patch: Value) {
+    if let Some(p) = schema_mut(doc, schema)
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(|p| p.get_mut(property))
+        .and_then(Value::as_object_mut)
+    {
+        if let Value::Object(patch) = patch {
+            p.extend(patch);
+        }
+    }
+}
+
+fn refine_schemas(doc: &mut Value) {
+    let id = json!({"pattern": ID_PATTERN, "minLength": 1, "maxLength": 64});
+    let weight = json!({"minimum": 0, "maximum": 65535,
+        "description": "0..=65535; 0 takes no users."});
+    for schema in ["NodeWrite", "NodePatch"] {
+        set_property(
+            doc,
+            schema,
+            "region",
+            json!({"pattern": ID_PATTERN, "maxLength": 64,
+            "description": "Region code, [A-Za-z0-9._-]{1,64}; read by the region strategy."}),
+        );
+        set_property(doc, schema, "weight", weight.clone());
+        set_property(doc, schema, "labels", json!({"maxProperties": 64}));
+    }
+    set_property(doc, "NodeWrite", "id", id.clone());
+    set_property(doc, "NodeWrite", "weight", json!({"default": 100}));
+    set_property(
+        doc,
+        "NodePatch",
+        "region",
+        json!({"nullable": true,
+        "description": "Region code, [A-Za-z0-9._-]{1,64}; `null` clears it."}),
+    );
+    set_property(doc, "StrategyWrite", "name", id.clone());
+    set_property(doc, "RoutingWrite", "active_strategy", id.clone());
+    set_property(doc, "Heartbeat", "connections", json!({"minimum": 0}));
+    for (schema, field) in [("Addresses", "tcp_addr"), ("AddressesPatch", "tcp_addr")] {
+        set_property(
+            doc,
+            schema,
+            field,
+            json!({"maxLength": 300,
+            "description": "`host:port`; host a DNS name, IPv4 or `[IPv6]`. The external one is required."}),
+        );
+    }
+    for (schema, field, scheme) in [
+        ("Addresses", "ws_addr", "ws"),
+        ("Addresses", "wss_addr", "wss"),
+        ("AddressesPatch", "ws_addr", "ws"),
+        ("AddressesPatch", "wss_addr", "wss"),
+    ] {
+        set_property(
+            doc,
+            schema,
+            field,
+            json!({"maxLength": 300,
+            "description": format!("`{scheme}://host[:port][/path]`, or `\"\"` for none.")}),
+        );
+    }
+    // Write bodies refuse unknown fields.
+    for schema in [
+        "NodeWrite",
+        "NodePatch",
+        "Addresses",
+        "AddressesPatch",
+        "StrategyWrite",
+        "RoutingWrite",
+        "Heartbeat",
+    ] {
+        if let Some(s) = schema_mut(doc, schema) {
+            s.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+}
+
+/// The request body example of each operation that takes one.
+fn example(operation: &str) -> Option<Value> {
+    Some(match operation {
+        "route_batch" => json!(["user1", "user2", "user3"]),
+        "create_node" => json!({
+            "id": "gw-1",
+            "region": "eu",
+            "external": {"tcp_addr": "203.0.113.5:5100", "ws_addr": "ws://203.0.113.5:5200",
+                         "wss_addr": "wss://im.example.com:5300"},
+            "intranet": {"tcp_addr": "10.0.0.5:5100"},
+            "labels": {"rack": "r1"}
+        }),
+        "put_node" => json!({
+            "region": "eu",
+            "weight": 100,
+            "external": {"tcp_addr": "203.0.113.6:5100", "ws_addr": "ws://203.0.113.6:5200"},
+            "intranet": {"tcp_addr": "10.0.0.6:5100"}
+        }),
+        "patch_node" => json!({"weight": 50, "state": "draining"}),
+        "heartbeat" => json!({"connections": 1234}),
+        "put_strategy" => json!({"kind": "weighted", "params": {}}),
+        "put_routing" => json!({"active_strategy": "default"}),
+        _ => return None,
+    })
+}
+
+/// The statuses an operation answers beyond its success ones.
+fn error_statuses(path: &str, method: &str, op: &Value) -> Vec<&'static str> {
+    let admin = path.starts_with("/admin");
+    let id = op["operationId"].as_str().unwrap_or_default();
+    let params = op["parameters"].as_array();
+    let has_param = |name: &str| params.is_some_and(|p| p.iter().any(|x| x["name"] == name));
+    let has_query = params.is_some_and(|p| p.iter().any(|x| x["in"] == "query"));
+    let body = op.get("requestBody").is_some();
+    let write = method != "get";
+    let mut out = Vec::new();
+    if body || has_query || has_param("If-Match") || id == "reload_overrides" {
+        out.push("400");
+    }
+    if admin {
+        out.push("401");
+    }
+    if path.contains('{') || id == "put_routing" {
+        out.push("404");
+    }
+    if matches!(
+        id,
+        "create_node" | "delete_node" | "delete_strategy" | "put_routing"
+    ) {
+        out.push("409");
+    }
+    if has_param("If-Match") {
+        out.push("412");
+    }
+    if body {
+        out.push("413");
+        out.push("415");
+    }
+    if ((admin && write) || path.starts_with("/route")) && id != "reload_overrides" {
+        out.push("503");
+    }
+    out
+}
+
+fn refine_operations(doc: &mut Value) {
+    // The error response objects, as ApiError documents them, by status.
+    let mut errors: Map<String, Value> = Map::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for ops in paths.values().filter_map(Value::as_object) {
+            for op in ops.values() {
+                if let Some(responses) = op["responses"].as_object() {
+                    for (status, r) in responses {
+                        if status.starts_with('4') || status.starts_with('5') {
+                            errors.entry(status.clone()).or_insert_with(|| r.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, ops) in paths.iter_mut() {
+        let Some(ops) = ops.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            // One tag per operation: its own, not its group's.
+            if let Some(tags) = op.get_mut("tags").and_then(Value::as_array_mut) {
+                if tags.len() > 1 {
+                    tags.drain(..tags.len() - 1);
+                }
+            }
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            // Success statuses the operation really answers.
+            let drop_success: &[&str] = match (method.as_str(), id.as_str()) {
+                ("get" | "patch", _) => &["201"],
+                (_, "create_node") => &["200"],
+                _ => &[],
+            };
+            if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.retain(|status, _| !drop_success.contains(&status.as_str()));
+            }
+            let wanted = error_statuses(path, method, op);
+            if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.retain(|status, _| {
+                    !(status.starts_with('4') || status.starts_with('5'))
+                        || wanted.contains(&status.as_str())
+                        || (status == "503" && path == "/readyz")
+                });
+                for status in &wanted {
+                    if !responses.contains_key(*status) {
+                        if let Some(r) = errors.get(*status) {
+                            responses.insert((*status).to_owned(), r.clone());
+                        }
+                    }
+                }
+                if let Some(r) = responses.get_mut("401") {
+                    r["description"] = json!("Missing or wrong bearer token.");
+                }
+            }
+            if let Some(example) = example(&id) {
+                let content = op
+                    .get_mut("requestBody")
+                    .and_then(|b| b.get_mut("content"))
+                    .and_then(Value::as_object_mut);
+                if let Some(media) = content
+                    .and_then(|c| c.values_mut().next())
+                    .and_then(Value::as_object_mut)
+                {
+                    media.insert("example".into(), example);
+                }
+            }
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params {
+                    refine_parameter(p, &id);
+                }
+            }
+        }
+    }
+}
+
+fn refine_parameter(p: &mut Value, operation: &str) {
+    let name = p["name"].as_str().unwrap_or_default().to_owned();
+    let patch = match (p["in"].as_str().unwrap_or_default(), name.as_str()) {
+        ("query", "intranet") => json!({"type": "string", "enum": ["0", "1"], "default": "0"}),
+        ("query", "region") | ("path", "id") | ("path", "name") => {
+            json!({"type": "string", "pattern": ID_PATTERN})
+        }
+        ("query", "limit") => match operation {
+            "list_audit" => {
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+            }
+            _ => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
+        },
+        ("query", "uid") => json!({"type": "string", "maxLength": 256}),
+        ("header", "If-Match") => json!({"type": "string", "pattern": "^(\\*|(W/)?\"?[0-9]+\"?)$"}),
+        _ => return,
+    };
+    if let (Some(schema), Value::Object(patch)) = (p["schema"].as_object_mut(), patch) {
+        if schema.contains_key("$ref") {
+            return;
+        }
+        schema.extend(patch);
+    }
+}
