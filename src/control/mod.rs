@@ -894,6 +894,7 @@ impl Controller {
         let after = self.lock_inputs().applied;
         let changes = self.store_call(self.store.changes_since(after)).await?;
         let mut changed = false;
+        let mut gone: Vec<String> = Vec::new();
         {
             let mut inputs = self.lock_inputs();
             if let Some(full) = changes.full {
@@ -901,9 +902,15 @@ impl Controller {
                 changed = true;
             }
             for c in changes.nodes {
+                if c.value.is_none() {
+                    gone.push(c.key.clone());
+                }
                 changed |= inputs.apply_node(&c.key, c.seq, c.value);
             }
             for c in changes.strategies {
+                if c.value.is_none() {
+                    gone.push(format!("strategy:{}", c.key));
+                }
                 changed |= inputs.apply_strategy(&c.key, c.seq, c.value);
             }
             if let Some(c) = changes.active_strategy {
@@ -914,7 +921,37 @@ impl Controller {
         if changed {
             self.rebuild_async().await;
         }
+        if !gone.is_empty() {
+            self.flag_dangling_overrides(&gone);
+        }
         Ok(())
+    }
+
+    /// Another replica deleted something this replica's overrides name (it
+    /// could: this replica was not seen for a while). Routing is safe (a node
+    /// without an address takes no users, a pin to it falls back to the
+    /// strategy), but the file no longer validates: say so in its status.
+    fn flag_dangling_overrides(&self, gone: &[String]) {
+        let status = self.overrides_status();
+        if status.error.is_some() {
+            return;
+        }
+        let refs = status.effective.referenced_nodes();
+        let named = gone.iter().find(|g| match g.strip_prefix("strategy:") {
+            Some(name) => status.effective.active_strategy.as_deref() == Some(name),
+            None => refs.binary_search(g).is_ok(),
+        });
+        let Some(named) = named else { return };
+        let what = match named.strip_prefix("strategy:") {
+            Some(name) => format!("active_strategy: strategy {name:?}"),
+            None => format!("node {named:?}"),
+        };
+        let error =
+            format!("{what} named by the file was deleted through another replica; fix the file");
+        tracing::error!(error = %error, "The overrides in effect name something deleted");
+        let mut next = (*status).clone();
+        next.error = Some(error);
+        self.overrides_status.store(Arc::new(next));
     }
 
     /// Reloads everything (after a reconnect: notifications may be lost).

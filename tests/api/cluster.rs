@@ -823,3 +823,74 @@ async fn a_frozen_leader_loses_its_lease_and_expiry_goes_on() {
     assert!(m.contains("imroute_leader 1"), "{m}");
     drop(child);
 }
+
+/// A replica unseen for a while no longer protects the nodes its file names:
+/// another replica may delete one. The first replica then says its file no
+/// longer validates, instead of "ok".
+#[tokio::test]
+async fn a_node_deleted_while_its_files_replica_was_away_marks_that_file_in_error() {
+    let Some(db) = TestDb::create("dangling_overrides").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 2, |_, _| {}).await;
+    let (status, _) = apps[0]
+        .admin_json(Method::POST, "/admin/nodes", Some(node_body("gw-1")))
+        .await;
+    assert_eq!(status, 201);
+    assert!(converge(&apps, None, Duration::from_secs(5)).await);
+    std::fs::write(apps[0].overrides_path(), "pins:\n  vip: gw-1\n").unwrap();
+    let (status, body) = apps[0]
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // While replica 0 is live, replica 1 may not delete gw-1.
+    let (status, _) = apps[1]
+        .admin_json(Method::DELETE, "/admin/nodes/gw-1", None)
+        .await;
+    assert_eq!(status, 409);
+    // Replica 0 "away": its last report and save pushed into the past.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let away = "now() - interval '1 minute'";
+    // Replica 0 keeps reporting every second: age it and delete right after,
+    // again until the delete lands between two reports.
+    let mut deleted = false;
+    for _ in 0..20 {
+        for sql in [
+            format!("UPDATE replicas SET last_seen = {away} WHERE id = 'r0'"),
+            format!("UPDATE replica_overrides SET saved_at = {away} WHERE replica_id = 'r0'"),
+        ] {
+            sqlx::query(&sql).execute(&mut conn).await.unwrap();
+        }
+        let (status, body) = apps[1]
+            .admin_json(Method::DELETE, "/admin/nodes/gw-1", None)
+            .await;
+        if status == 204 {
+            deleted = true;
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+    }
+    assert!(deleted, "the delete lands once replica 0 looks away");
+    let flagged = eventually(Duration::from_secs(5), || async {
+        let (_, o) = apps[0]
+            .admin_json(Method::GET, "/admin/overrides", None)
+            .await;
+        o["status"] == "error"
+    })
+    .await;
+    assert!(flagged, "replica 0 says its file names a deleted node");
+    let (_, o) = apps[0]
+        .admin_json(Method::GET, "/admin/overrides", None)
+        .await;
+    assert!(o["error"].as_str().unwrap().contains("gw-1"), "{o}");
+    // Routing stays safe: vip falls back to the strategy, or 503 without nodes.
+    let resp = apps[0]
+        .client
+        .get(apps[0].url("/route?uid=vip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+}
