@@ -15,5 +15,6 @@ mod overrides;
 mod pg;
 mod proxy;
 mod route;
+mod spec;
 mod store;
 mod strategies;
