@@ -127,6 +127,9 @@ impl Application {
                 token,
                 access,
                 body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
+                body_budget: Arc::new(tokio::sync::Semaphore::new(crate::api::body_budget_kib(
+                    config.limits.max_body_bytes,
+                ))),
                 cors: crate::api::cors::Cors {
                     public: crate::api::cors::Origins::from_config(&config.cors_origins),
                     admin: crate::api::cors::Origins::from_config(&config.admin_cors_origins),
@@ -169,11 +172,15 @@ impl Application {
         let mut listeners = vec![Bound {
             listener: self.listener,
             role: Role::Public,
+            allow: Vec::new(),
         }];
         if let Some((listener, _)) = self.admin {
+            // The admin listener serves admins only: others are turned away
+            // at the door, before they hold a slot.
             listeners.push(Bound {
                 listener,
                 role: Role::Admin,
+                allow: self.state.access.allow.clone(),
             });
         }
         let metrics = self.state.ctl.metrics.clone();

@@ -306,7 +306,11 @@ impl Config {
         }
         if let Some(token) = &self.admin_token {
             if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err("admin_token: must be at least 16 characters without spaces".into());
+                return Err(format!(
+                    "admin_token: must be at least 16 characters without spaces or control characters \
+                     (got {} characters); leave it unset to have a random one made and logged",
+                    token.chars().count()
+                ));
             }
         }
         let l = &self.limits;

@@ -81,7 +81,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime can be built");
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let app = match Application::build(config).await {
             Ok(app) => app,
             Err(e) => {
@@ -96,5 +96,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // A blocking task still at work (a huge overrides file being parsed)
+    // must not hold the exit: requests are done, the store is left.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

@@ -111,7 +111,7 @@ impl Metrics {
                 Opts::new(
                     "imroute_connections_closed_total",
                     "Client connections closed by the server before the client was done, by reason: \
-                     header_timeout, keepalive_timeout, idle_timeout, tls_handshake, over_limit."
+                     header_timeout, keepalive_timeout, idle_timeout, tls_handshake, over_limit, not_allowed."
                 ),
                 &["reason"]
             )),

@@ -329,6 +329,9 @@ const ADMIN_CONNECTIONS: usize = 64;
 pub struct Bound {
     pub listener: TcpListener,
     pub role: Role,
+    /// Client networks allowed to connect at all; empty: any. Others are
+    /// closed right after `accept`, before they take a slot or a handshake.
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// Serves `app` on every listener until `shutdown` completes, then stops
@@ -415,7 +418,11 @@ async fn accept_loop(
 ) {
     const FIRST: Duration = Duration::from_millis(5);
     const MOST: Duration = Duration::from_secs(1);
-    let Bound { listener, role } = bound;
+    let Bound {
+        listener,
+        role,
+        allow,
+    } = bound;
     let local = listener.local_addr().ok();
     let mut backoff = FIRST;
     let mut last_warning: Option<Instant> = None;
@@ -427,6 +434,18 @@ async fn accept_loop(
         match accepted {
             Ok((stream, remote)) => {
                 backoff = FIRST;
+                if !allow.is_empty()
+                    && !allow
+                        .iter()
+                        .any(|n| n.contains(&remote.ip().to_canonical()))
+                {
+                    shared
+                        .metrics
+                        .connections_closed
+                        .with_label_values(&["not_allowed"])
+                        .inc();
+                    continue;
+                }
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let shared = shared.clone();
@@ -469,7 +488,8 @@ fn over_limit(stream: TcpStream, shared: &Shared) {
         const BODY: &str = r#"{"status":503,"code":"too_many_connections","msg":"the server has too many open connections; retry shortly"}"#;
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\n\
-             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+             x-content-type-options: nosniff\r\nretry-after: 1\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{BODY}",
             BODY.len()
         );
         let _ = stream.try_write(answer.as_bytes());
@@ -563,11 +583,14 @@ async fn serve_io<I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Request heads past 64 KiB are 431, not buffered.
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        // Each stream may buffer a body: few streams per connection.
+        .max_concurrent_streams(32)
         .max_header_list_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);

@@ -66,6 +66,15 @@ pub struct AppState {
     /// A request's whole body must arrive within this (`limits.body_timeout_ms`).
     pub body_timeout: std::time::Duration,
     pub cors: cors::Cors,
+    /// Bytes of request bodies buffered at once, in KiB: past it a request
+    /// with a body is 503 (many connections, or HTTP/2 streams, each holding
+    /// a body up to the limit would otherwise add up to gigabytes).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// The budget of buffered request bodies for a body limit, in KiB.
+pub fn body_budget_kib(max_body_bytes: usize) -> usize {
+    (256 * 1024).max(16 * max_body_bytes.div_ceil(1024))
 }
 
 /// Who may reach `/admin/*`, checked before the token and before any byte of
@@ -308,7 +317,29 @@ impl<E: Endpoint> Outer<E> {
                         .map_err(|msg| ApiError::bad_request("invalid_query", msg))?;
                 }
             }
+            // Held until the answer: the body lives as long as the handler.
+            let mut _budget = None;
             if takes_body(req.method(), endpoint) {
+                let declared = req
+                    .headers()
+                    .get(poem::http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(self.max_body)
+                    .min(self.max_body);
+                let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+                match self.state.body_budget.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => _budget = Some(permit),
+                    Err(_) => {
+                        let mut busy = ApiError::new(
+                            poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "busy",
+                            "too many request bodies in flight; retry shortly",
+                        );
+                        busy.retry_after = Some(1);
+                        return Err(busy.into());
+                    }
+                }
                 let timeout = self.state.body_timeout;
                 req = match tokio::time::timeout(timeout, limit_body(req, self.max_body, endpoint))
                     .await

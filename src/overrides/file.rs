@@ -74,24 +74,42 @@ pub const MAX_NESTING: usize = 64;
 /// file that reuses a mapping thousands of times expands to gigabytes. The
 /// overrides format never needs them.
 pub fn check_nesting(text: &str) -> Result<(), String> {
+    // Where a node may start: only there does a quote open a quoted scalar
+    // (`o'brien` is a plain scalar with an apostrophe in it) or a `*` an
+    // alias (`a*b` is a plain scalar; `{"k":*a}` is an alias).
+    let starts_node =
+        |prev: char| prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':' | '?');
     let mut depth = 0usize;
     let mut line = 1usize;
     let mut quote: Option<char> = None;
+    let mut escaped = false;
     let mut comment = false;
     let mut prev = '\n';
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if c == '\n' {
             line += 1;
             comment = false;
         } else if comment {
         } else if let Some(q) = quote {
-            if c == q {
-                quote = None;
+            match (q, c) {
+                ('"', _) if escaped => escaped = false,
+                ('"', '\\') => escaped = true,
+                ('"', '"') => quote = None,
+                // `''` is an apostrophe inside a single-quoted scalar.
+                ('\'', '\'') => {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next();
+                    } else {
+                        quote = None;
+                    }
+                }
+                _ => {}
             }
         } else {
             match c {
                 '#' if prev.is_whitespace() => comment = true,
-                '"' | '\'' => quote = Some(c),
+                '"' | '\'' if starts_node(prev) => quote = Some(c),
                 '[' | '{' => {
                     depth += 1;
                     if depth > MAX_NESTING {
@@ -101,11 +119,7 @@ pub fn check_nesting(text: &str) -> Result<(), String> {
                     }
                 }
                 ']' | '}' => depth = depth.saturating_sub(1),
-                // `*` starts an alias where a node may start, including
-                // right after a quoted key's colon in flow style
-                // (`{"k":*a}`); inside a plain scalar (`a*b`) it is just a
-                // character.
-                '*' if prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':' | '?') => {
+                '*' if starts_node(prev) => {
                     return Err(format!(
                         "line {line}: YAML aliases (*name) are not allowed in the overrides file"
                     ));
@@ -202,6 +216,12 @@ mod tests {
         assert!(check_nesting("*x: 1\n").is_err());
         assert!(check_nesting("nodes: {\"gw-1\": {\"labels\":*a}}\n").is_err());
         assert!(check_nesting("a: {'k':*a}\n").is_err());
+        // An apostrophe or an escaped quote does not hide what follows.
+        assert!(check_nesting("pins:\n  o'brien: eu\n  x: *a\n").is_err());
+        assert!(check_nesting("a: \"x\\\" y\"\nb: *a\n").is_err());
+        assert!(check_nesting("a: 'it''s'\nb: *a\n").is_err());
+        let deep = format!("a: o'b\nb: {}\n", "[".repeat(100));
+        assert!(check_nesting(&deep).is_err());
         // A star inside a word, quoted or in a comment is no alias.
         assert!(check_nesting("pins:\n  a*b: gw-1\n  \"*c\": gw-2 # *d\n").is_ok());
     }

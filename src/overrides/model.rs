@@ -163,7 +163,8 @@ impl Overrides {
         for (id, patch) in &self.nodes {
             if !valid_id(id) {
                 return Err(format!(
-                    "nodes.{id}: node id must match [A-Za-z0-9._-]{{1,64}}"
+                    "nodes.{}: node id must match [A-Za-z0-9._-]{{1,64}}",
+                    crate::model::field_key(id)
                 ));
             }
             let found = by_id.get(id.as_str());
@@ -196,20 +197,29 @@ impl Overrides {
         for (uid, node) in &self.pins {
             check_uid(uid, max_uid_bytes).map_err(|e| format!("pins: {e}"))?;
             if stored.is_some() && !known.contains(node.as_str()) {
-                return Err(format!("pins.{uid}: unknown node {node:?}"));
+                return Err(format!(
+                    "pins.{}: unknown node {:?}",
+                    crate::model::field_key(uid),
+                    crate::model::truncate(node)
+                ));
             }
         }
         for (uid, region) in &self.user_regions {
             check_uid(uid, max_uid_bytes).map_err(|e| format!("user_regions: {e}"))?;
             if !valid_id(region) {
                 return Err(format!(
-                    "user_regions.{uid}: region must match [A-Za-z0-9._-]{{1,64}}, got {region:?}"
+                    "user_regions.{}: region must match [A-Za-z0-9._-]{{1,64}}, got {:?}",
+                    crate::model::field_key(uid),
+                    crate::model::truncate(region)
                 ));
             }
         }
         if let (Some(name), Some(stored)) = (&self.active_strategy, stored) {
             if !stored.strategies.iter().any(|s| &s.name == name) {
-                return Err(format!("active_strategy: unknown strategy {name:?}"));
+                return Err(format!(
+                    "active_strategy: unknown strategy {:?}",
+                    crate::model::truncate(name)
+                ));
             }
         }
         Ok(())

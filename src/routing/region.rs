@@ -36,7 +36,10 @@ fn region_at(field: &str, v: &Value) -> Result<String, ParamsError> {
         Value::String(s) if valid_region(s) => Ok(s.clone()),
         Value::String(s) => Err(ParamsError::new(
             field,
-            format!("must be a region code of 1-64 characters [A-Za-z0-9._-], got {s:?}"),
+            format!(
+                "must be a region code of 1-64 characters [A-Za-z0-9._-], got {:?}",
+                crate::model::truncate(s)
+            ),
         )),
         other => Err(ParamsError::new(
             field,
@@ -77,7 +80,10 @@ fn parse(params: &Value) -> Result<RegionParams, ParamsError> {
                     other => {
                         return Err(ParamsError::new(
                             "params.inner",
-                            format!("must be \"hash\" or \"weighted\", got {other}"),
+                            format!(
+                                "must be \"hash\" or \"weighted\", got {}",
+                                crate::model::truncate(&other.to_string())
+                            ),
                         ))
                     }
                 }
@@ -86,8 +92,13 @@ fn parse(params: &Value) -> Result<RegionParams, ParamsError> {
                 Value::Null => {}
                 Value::Object(fallback) => {
                     for (region, list) in fallback {
-                        let field = format!("params.fallback.{region}");
-                        region_at(&field, &Value::String(region.clone()))?;
+                        let field = format!("params.fallback.{}", crate::model::field_key(region));
+                        if !valid_region(region) {
+                            return Err(ParamsError::new(
+                                field,
+                                "the key must be a region code of 1-64 characters [A-Za-z0-9._-]",
+                            ));
+                        }
                         let Value::Array(items) = list else {
                             return Err(ParamsError::new(
                                 field,
@@ -117,7 +128,7 @@ fn parse(params: &Value) -> Result<RegionParams, ParamsError> {
             },
             other => {
                 return Err(ParamsError::new(
-                    format!("params.{other}"),
+                    format!("params.{}", crate::model::field_key(other)),
                     "unknown field (expected default_region, fallback, inner)",
                 ))
             }

@@ -650,3 +650,91 @@ async fn the_admin_api_can_have_its_own_listener_and_allowlist() {
         }
     }
 }
+
+/// Connections (or HTTP/2 streams) that each hold a body up to the limit add
+/// up: past the body budget a request with a body is 503 at once.
+#[tokio::test]
+async fn buffered_bodies_share_one_budget() {
+    let max = 32 * 1024 * 1024;
+    let app = spawn_app_with(|c| {
+        c.limits.max_body_bytes = max;
+        c.limits.body_timeout_ms = 5000;
+    })
+    .await;
+    let budget = imroute::api::body_budget_kib(max) * 1024;
+    let fits = budget / max;
+    let head = format!(
+        "POST /route/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {max}\r\n\r\n["
+    );
+    let mut held = Vec::new();
+    for _ in 0..fits {
+        let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    // Let the server take them all in.
+    let taken = eventually(Duration::from_secs(5), || async {
+        let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        read_head(&mut s, Duration::from_millis(500))
+            .await
+            .is_some_and(|h| h.starts_with("HTTP/1.1 503"))
+    })
+    .await;
+    assert!(
+        taken,
+        "past {fits} bodies of {max} bytes, a body is refused"
+    );
+    // Small requests without bodies go on.
+    assert!(healthz_within(&app, Duration::from_secs(1)).await);
+    drop(held);
+}
+
+#[tokio::test]
+async fn huge_request_heads_are_431_and_refused_admin_clients_never_get_a_slot() {
+    let app = spawn_app_with(|c| {
+        c.admin_listen = Some("127.0.0.1:0".into());
+        c.admin_allow = vec!["10.0.0.0/8".into()];
+    })
+    .await;
+    let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let head = read_head(&mut s, Duration::from_secs(2))
+        .await
+        .unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    // 127.0.0.1 is not in admin_allow: the admin listener closes at once.
+    let mut s = TcpStream::connect(app.state_admin_addr()).await.unwrap();
+    let _ = s
+        .write_all(b"GET /admin/nodes HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut s, Duration::from_secs(1)).await);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("imroute_connections_closed_total{reason=\"not_allowed\"}"));
+}
+
+#[tokio::test]
+async fn overrides_errors_quote_at_most_a_short_escaped_excerpt() {
+    let app = spawn_app().await;
+    app.add_node("gw-1", json!({})).await;
+    let long = "n".repeat(100_000);
+    std::fs::write(
+        app.overrides_path(),
+        format!("pins:\n  vip: \"{long}\\u0007\"\n"),
+    )
+    .unwrap();
+    let (status, err) = app
+        .admin_json(Method::POST, "/admin/overrides/reload", None)
+        .await;
+    assert_eq!(status, 400);
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.len() < 300 && !msg.contains('\u{7}'),
+        "{} bytes",
+        msg.len()
+    );
+}

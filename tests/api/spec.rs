@@ -239,6 +239,18 @@ async fn bad_input_is_named_in_plain_words_and_checked_after_the_token() {
         err["msg"],
         "state: must be one of active, draining, disabled, got \"bogus\""
     );
+    // Long keys with control characters are cut and escaped, not echoed.
+    let key = format!("{}\u{7}x", "k".repeat(2000));
+    let (status, err) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/strategies/r",
+            Some(serde_json::json!({"kind": "region", "params": {"fallback": {key.clone(): ["eu"]}}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.len() < 300 && !msg.contains('\u{7}'), "{msg}");
     // No token: 401, whatever is wrong with the body.
     let resp = app
         .client
