@@ -171,9 +171,34 @@ fn refine_schemas(doc: &mut Value) {
             "description": format!("`{scheme}://host[:port][/path]`, or `\"\"` for none.")}),
         );
     }
+    // `POST /admin/nodes` needs the id; `PUT` takes it from the path. The
+    // two share one type in the code, so the document gets a copy.
+    if let Some(mut create) = schema_mut(doc, "NodeWrite").cloned() {
+        create.insert("title".into(), json!("NodeCreate"));
+        create.insert("required".into(), json!(["id"]));
+        create.insert(
+            "description".into(),
+            json!("A node as created by `POST`. Omitted fields take their defaults; `external.tcp_addr` is required."),
+        );
+        if let Some(id) = create
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("id"))
+            .and_then(Value::as_object_mut)
+        {
+            id.insert("description".into(), json!("The node's id, immutable."));
+        }
+        if let Some(schemas) = doc
+            .get_mut("components")
+            .and_then(|c| c.get_mut("schemas"))
+            .and_then(Value::as_object_mut)
+        {
+            schemas.insert("NodeCreate".into(), Value::Object(create));
+        }
+    }
     // Write bodies refuse unknown fields.
     for schema in [
         "NodeWrite",
+        "NodeCreate",
         "NodePatch",
         "Addresses",
         "AddressesPatch",
@@ -307,6 +332,16 @@ fn refine_operations(doc: &mut Value) {
                 }
                 if let Some(r) = responses.get_mut("401") {
                     r["description"] = json!("Missing or wrong bearer token.");
+                }
+            }
+            if id == "create_node" {
+                if let Some(media) = op
+                    .get_mut("requestBody")
+                    .and_then(|b| b.get_mut("content"))
+                    .and_then(Value::as_object_mut)
+                    .and_then(|c| c.values_mut().next())
+                {
+                    media["schema"] = json!({"$ref": "#/components/schemas/NodeCreate"});
                 }
             }
             if let Some(example) = example(&id) {
