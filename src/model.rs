@@ -303,11 +303,6 @@ pub fn check_url(s: &str, scheme: &str) -> Result<(), String> {
 }
 
 /// Shortens a long message to at most `max` characters.
-/// A key as it appears in a field path of a message: cut like
-/// [`truncate`], control characters escaped.
-pub fn field_key(s: &str) -> String {
-    truncate(s).escape_debug().to_string()
-}
 
 pub fn truncate_long(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -315,6 +310,12 @@ pub fn truncate_long(s: &str, max: usize) -> String {
     } else {
         s.chars().take(max).collect::<String>() + "..."
     }
+}
+
+/// A key as it appears in a field path of a message: cut like
+/// [`truncate`], control characters escaped.
+pub fn field_key(s: &str) -> String {
+    truncate(s).escape_debug().to_string()
 }
 
 #[cfg(test)]

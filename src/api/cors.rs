@@ -30,7 +30,7 @@ impl Origins {
         } else if list.is_empty() {
             Origins::None
         } else {
-            Origins::List(list.to_vec())
+            Origins::List(list.iter().map(|o| o.to_ascii_lowercase()).collect())
         }
     }
 
@@ -41,7 +41,9 @@ impl Origins {
             Origins::Any => Some(HeaderValue::from_static("*")),
             Origins::List(list) => {
                 let o = origin.to_str().ok()?;
-                list.iter().any(|a| a == o).then(|| origin.clone())
+                list.iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+                    .then(|| origin.clone())
             }
         }
     }
@@ -73,8 +75,8 @@ impl Scope {
     }
 }
 
-const EXPOSE_ROUTING: &str = "X-Routing-Revision, X-Request-Id";
-const EXPOSE_ADMIN: &str = "ETag, Link, X-Routing-Revision, X-Request-Id";
+const EXPOSE_ROUTING: &str = "X-Routing-Revision, X-Request-Id, Retry-After";
+const EXPOSE_ADMIN: &str = "ETag, Link, X-Routing-Revision, X-Request-Id, Retry-After";
 
 impl Cors {
     fn origins(&self, scope: Scope) -> &Origins {
@@ -113,10 +115,6 @@ impl Cors {
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(headers),
         );
-        if allow != "*" {
-            resp.headers_mut()
-                .insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
         Some(resp)
     }
 
@@ -149,8 +147,7 @@ impl Cors {
 pub fn allowed_methods(endpoint: &str) -> Option<&'static str> {
     static TABLE: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        let spec: serde_json::Value =
-            serde_json::from_str(&super::openapi_service().spec()).unwrap_or_default();
+        let spec = super::spec::document();
         let mut out = HashMap::new();
         if let Some(paths) = spec["paths"].as_object() {
             for (path, ops) in paths {
@@ -163,7 +160,7 @@ pub fn allowed_methods(endpoint: &str) -> Option<&'static str> {
                         .iter()
                         .position(|x| x == m)
                 });
-                let endpoint = crate::metrics::endpoint_of(path);
+                let endpoint = crate::metrics::endpoint_of(path.as_str());
                 let list: &'static str = Box::leak(methods.join(", ").into_boxed_str());
                 out.insert(endpoint.to_owned(), list);
             }

@@ -195,6 +195,26 @@ fn refine_schemas(doc: &mut Value) {
             schemas.insert("NodeCreate".into(), Value::Object(create));
         }
     }
+    // In bodies that replace a whole record, `null` means "the default", as
+    // the handlers read it.
+    for schema in ["NodeWrite", "NodeCreate", "StrategyWrite"] {
+        if let Some(s) = schema_mut(doc, schema) {
+            let required: Vec<Value> = s
+                .get("required")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(props) = s.get_mut("properties").and_then(Value::as_object_mut) {
+                for (name, p) in props.iter_mut() {
+                    if !required.contains(&Value::String(name.clone())) {
+                        if let Some(p) = p.as_object_mut() {
+                            p.insert("nullable".into(), Value::Bool(true));
+                        }
+                    }
+                }
+            }
+        }
+    }
     // Write bodies refuse unknown fields.
     for schema in [
         "NodeWrite",
@@ -254,13 +274,11 @@ fn error_statuses(path: &str, method: &str, op: &Value) -> Vec<&'static str> {
     if admin {
         out.push("401");
     }
-    if path.contains('{') || id == "put_routing" {
+    // PUT creates what is missing.
+    if path.contains('{') && method != "put" {
         out.push("404");
     }
-    if matches!(
-        id,
-        "create_node" | "delete_node" | "delete_strategy" | "put_routing"
-    ) {
+    if matches!(id, "create_node" | "delete_node" | "delete_strategy") {
         out.push("409");
     }
     if has_param("If-Match") {
@@ -270,7 +288,10 @@ fn error_statuses(path: &str, method: &str, op: &Value) -> Vec<&'static str> {
         out.push("413");
         out.push("415");
     }
-    if ((admin && write) || path.starts_with("/route")) && id != "reload_overrides" {
+    // Writes and the audit trail need the store; routes need a node.
+    if ((admin && write) || path.starts_with("/route") || id == "list_audit")
+        && id != "reload_overrides"
+    {
         out.push("503");
     }
     out
@@ -369,16 +390,15 @@ fn refine_parameter(p: &mut Value, operation: &str) {
     let name = p["name"].as_str().unwrap_or_default().to_owned();
     let patch = match (p["in"].as_str().unwrap_or_default(), name.as_str()) {
         ("query", "intranet") => json!({"type": "string", "enum": ["0", "1"], "default": "0"}),
-        ("query", "region") | ("path", "id") | ("path", "name") => {
-            json!({"type": "string", "pattern": ID_PATTERN})
-        }
+        ("query", "region") => json!({"type": "string", "pattern": "^([A-Za-z0-9._-]{1,64})?$"}),
+        ("path", "id") | ("path", "name") => json!({"type": "string", "pattern": ID_PATTERN}),
         ("query", "limit") => match operation {
             "list_audit" => {
                 json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
             }
             _ => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
         },
-        ("query", "uid") => json!({"type": "string", "maxLength": 256}),
+        ("query", "uid") => json!({"type": "string"}),
         ("header", "If-Match") => json!({"type": "string", "pattern": "^(\\*|(W/)?\"?[0-9]+\"?)$"}),
         _ => return,
     };
