@@ -303,7 +303,6 @@ pub fn check_url(s: &str, scheme: &str) -> Result<(), String> {
 }
 
 /// Shortens a long message to at most `max` characters.
-
 pub fn truncate_long(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
