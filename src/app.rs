@@ -127,6 +127,10 @@ impl Application {
                 token,
                 access,
                 body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
+                trusted_proxies: config.proxy_networks().map_err(|e| AppError::Listen {
+                    addr: "trusted_proxies".into(),
+                    source: std::io::Error::other(e),
+                })?,
                 body_budget: Arc::new(tokio::sync::Semaphore::new(crate::api::body_budget_kib(
                     config.limits.max_body_bytes,
                 ))),

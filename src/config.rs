@@ -36,6 +36,10 @@ pub struct Config {
     /// Origins that browsers may call `/admin/*` from; empty (the default):
     /// no CORS headers on admin answers.
     pub admin_cors_origins: Vec<String>,
+    /// Load balancers and proxies (CIDRs) whose `X-Forwarded-For` names the
+    /// client, for a `GET /route` without `uid`; empty: the TCP peer is the
+    /// client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +144,7 @@ impl Default for Config {
             admin_allow: Vec::new(),
             cors_origins: vec!["*".into()],
             admin_cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -243,6 +248,9 @@ impl Config {
         }
         if let Some(v) = env("IMROUTE_ADMIN_ALLOW") {
             config.admin_allow = split_list(&v);
+        }
+        if let Some(v) = env("IMROUTE_TRUSTED_PROXIES") {
+            config.trusted_proxies = split_list(&v);
         }
         if let Some(v) = env("IMROUTE_CORS_ORIGINS") {
             config.cors_origins = split_list(&v);
@@ -348,6 +356,7 @@ impl Config {
             }
         }
         self.admin_networks()?;
+        self.proxy_networks()?;
         for (key, list) in [
             ("cors_origins", &self.cors_origins),
             ("admin_cors_origins", &self.admin_cors_origins),
@@ -384,20 +393,12 @@ impl Config {
 
     /// `admin_allow` parsed: a bare address is a network of one.
     pub fn admin_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.admin_allow
-            .iter()
-            .map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map(|n| n.trunc())
-                    .map_err(|_| {
-                        format!(
-                            "admin_allow: {:?} is not a network such as 10.0.0.0/8 or an address",
-                            crate::model::truncate(s)
-                        )
-                    })
-            })
-            .collect()
+        networks("admin_allow", &self.admin_allow)
+    }
+
+    /// `trusted_proxies` parsed.
+    pub fn proxy_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        networks("trusted_proxies", &self.trusted_proxies)
     }
 
     /// The config as logged at start: secrets replaced.
@@ -409,6 +410,23 @@ impl Config {
         c.database_url = redact_url(&c.database_url);
         c
     }
+}
+
+/// CIDRs (or single addresses) of a config list.
+fn networks(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    format!(
+                        "{key}: {:?} is not a network such as 10.0.0.0/8 or an address",
+                        crate::model::truncate(s)
+                    )
+                })
+        })
+        .collect()
 }
 
 /// `a, b,c` -> `["a", "b", "c"]`.

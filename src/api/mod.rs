@@ -70,6 +70,8 @@ pub struct AppState {
     /// with a body is 503 (many connections, or HTTP/2 streams, each holding
     /// a body up to the limit would otherwise add up to gigabytes).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The budget of buffered request bodies for a body limit, in KiB.

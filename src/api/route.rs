@@ -235,12 +235,38 @@ pub fn batch(
 
 /// The routing key of a `GET /route` without `uid` (as WuKongIM's SDK
 /// examples and CLI bench send it): the caller's address, so one caller
-/// always gets the same node and callers spread over the nodes.
-fn caller_key(req: &Request) -> String {
-    match req.remote_addr().as_socket_addr() {
-        Some(addr) => format!("ip:{}", addr.ip().to_canonical()),
-        None => "ip:unknown".to_owned(),
+/// always gets the same node and callers spread over the nodes. Behind a
+/// trusted proxy, the right-most `X-Forwarded-For` address that is not itself
+/// a trusted proxy (the left part is the client's to write).
+fn caller_key(req: &Request, trusted: &[ipnet::IpNet]) -> String {
+    let Some(peer) = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_canonical())
+    else {
+        return "ip:unknown".to_owned();
+    };
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return format!("ip:{peer}");
     }
+    let forwarded: Vec<std::net::IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    let client = forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer);
+    format!("ip:{client}")
 }
 
 /// `GET /route`, shared by the served fast path and the documented operation.
@@ -253,7 +279,7 @@ pub fn one(
     let uid = match query.uid.as_deref() {
         Some(uid) if !uid.is_empty() => uid,
         _ => {
-            by_caller = caller_key(req);
+            by_caller = caller_key(req, &state.trusted_proxies);
             &by_caller
         }
     };

@@ -270,3 +270,38 @@ async fn a_405_names_the_allowed_methods() {
         assert_eq!(body["code"], "method_not_allowed");
     }
 }
+
+/// Behind a load balancer every caller has its address: with the balancer in
+/// `trusted_proxies`, its `X-Forwarded-For` names the caller; without, the
+/// header is ignored (anyone could write it).
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_caller() {
+    for trusted in [true, false] {
+        let app = spawn_app_with(|c| {
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1".into()];
+            }
+        })
+        .await;
+        three_nodes(&app).await;
+        let mut seen = HashSet::new();
+        for i in 1..=24 {
+            let answer: Value = app
+                .client
+                .get(app.url("/route"))
+                .header("x-forwarded-for", format!("198.51.100.7, 203.0.113.{i}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            seen.insert(answer["node_id"].as_str().unwrap().to_owned());
+        }
+        if trusted {
+            assert!(seen.len() >= 2, "{seen:?}");
+        } else {
+            assert_eq!(seen.len(), 1, "{seen:?}");
+        }
+    }
+}
