@@ -10,6 +10,7 @@ pub mod json_guard;
 pub mod nodes;
 pub mod ops;
 pub mod payload;
+pub mod plan;
 pub mod route;
 pub mod spec;
 pub mod strategies;
@@ -48,6 +49,9 @@ pub enum ApiTags {
     Nodes,
     /// Routing strategies and the active one (bearer token).
     Strategies,
+    /// How users spread over the nodes, and what a change would move before
+    /// it is made (bearer token).
+    Planning,
     /// The hot-reloaded overrides file (bearer token).
     Overrides,
     /// Every admin change (bearer token).
@@ -136,6 +140,7 @@ pub type Apis = (
     route::RouteApi,
     nodes::NodesApi,
     strategies::StrategiesApi,
+    plan::PlanApi,
     admin::AdminApi,
     ops::OpsApi,
 );
@@ -147,6 +152,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             route::RouteApi,
             nodes::NodesApi,
             strategies::StrategiesApi,
+            plan::PlanApi,
             admin::AdminApi,
             ops::OpsApi,
         ),
@@ -288,7 +294,10 @@ struct Outer<E> {
 /// (and without `100 Continue`). A new operation with a body goes here.
 fn takes_body(method: &Method, endpoint: &str) -> bool {
     match *method {
-        Method::POST => matches!(endpoint, "/route/batch" | "/admin/nodes"),
+        Method::POST => matches!(
+            endpoint,
+            "/route/batch" | "/admin/nodes" | "/admin/routing/simulate"
+        ),
         Method::PUT => matches!(
             endpoint,
             "/admin/nodes/{id}"

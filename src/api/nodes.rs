@@ -242,7 +242,7 @@ fn weight(w: Option<i64>) -> Result<Option<u16>, String> {
 }
 
 impl NodeWrite {
-    fn into_spec(self, id: String) -> Result<NodeSpec, String> {
+    pub(crate) fn into_spec(self, id: String) -> Result<NodeSpec, String> {
         Ok(NodeSpec {
             id,
             region: self.region,
@@ -256,7 +256,7 @@ impl NodeWrite {
 }
 
 impl NodePatchDto {
-    fn apply(self, spec: &NodeSpec) -> Result<NodeSpec, String> {
+    pub(crate) fn apply(self, spec: &NodeSpec) -> Result<NodeSpec, String> {
         let mut out = spec.clone();
         match self.region {
             MaybeUndefined::Undefined => {}

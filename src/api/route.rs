@@ -20,11 +20,26 @@ use crate::model::valid_id;
 
 pub struct RouteApi;
 
+/// One node of a candidate list.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "RouteCandidate")]
+pub struct RouteCandidate {
+    pub node_id: String,
+    pub tcp_addr: String,
+    pub ws_addr: String,
+    pub wss_addr: String,
+    pub region: String,
+}
+
 /// One group of a batch answer: the users of one node and its addresses.
 #[derive(Debug, Clone, Object)]
 pub struct RouteGroup {
     /// Users to connect to this node, in input order.
     pub uids: Vec<String>,
+    /// With `candidates=K`: the group's whole candidate list (the group's
+    /// users share it); the first is the node of the top-level fields.
+    #[oai(skip_serializing_if_is_none)]
+    pub candidates: Option<Vec<RouteCandidate>>,
     /// `host:port` for TCP clients; `""` when the node has none.
     pub tcp_addr: String,
     /// `ws://` URL; `""` when the node has none.
@@ -45,6 +60,11 @@ pub struct RouteAnswer {
     pub wss_addr: String,
     pub node_id: String,
     pub region: String,
+    /// With `candidates=K`: up to K routable nodes in the user's order of
+    /// preference. The first is this answer; when it becomes unroutable the
+    /// user is moved to the second, and so on.
+    #[oai(skip_serializing_if_is_none)]
+    pub candidates: Option<Vec<RouteCandidate>>,
 }
 
 /// The request body of `/route/batch`: the raw bytes of a JSON array of uids,
@@ -154,7 +174,7 @@ fn parse_intranet(v: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-fn parse_region(v: Option<&str>) -> Result<Option<&str>, ApiError> {
+pub(crate) fn parse_region(v: Option<&str>) -> Result<Option<&str>, ApiError> {
     match v {
         None | Some("") => Ok(None),
         Some(r) if valid_id(r) => Ok(Some(r)),
@@ -168,11 +188,31 @@ fn parse_region(v: Option<&str>) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// `candidates=K`, K in 1..=8.
+fn parse_candidates(v: Option<&str>) -> Result<Option<usize>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(k) if (1..=crate::routing::hrw::MAX_RANK).contains(&k) => Ok(Some(k)),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "candidates: must be an integer from 1 to {}, got {:?}",
+                    crate::routing::hrw::MAX_RANK,
+                    crate::model::truncate(raw)
+                ),
+            )),
+        },
+    }
+}
+
 /// The routing query parameters, parsed once.
 pub struct RouteQuery {
     pub uid: Option<String>,
     pub intranet: bool,
     pub region: Option<String>,
+    /// `candidates=K`: answer with the user's first K candidates.
+    pub candidates: Option<usize>,
 }
 
 impl RouteQuery {
@@ -180,6 +220,7 @@ impl RouteQuery {
         uid: Option<String>,
         intranet: Option<&str>,
         region: Option<String>,
+        candidates: Option<&str>,
     ) -> Result<Self, ApiError> {
         let intranet = parse_intranet(intranet)?;
         parse_region(region.as_deref())?;
@@ -187,6 +228,7 @@ impl RouteQuery {
             uid,
             intranet,
             region: region.filter(|r| !r.is_empty()),
+            candidates: parse_candidates(candidates)?,
         })
     }
 
@@ -202,15 +244,17 @@ impl RouteQuery {
         let mut uid = None;
         let mut intranet = None;
         let mut region = None;
+        let mut candidates = None;
         for (key, value) in pairs {
             match key.as_str() {
                 "uid" => uid = uid.or(Some(value)),
                 "intranet" => intranet = intranet.or(Some(value)),
                 "region" => region = region.or(Some(value)),
+                "candidates" => candidates = candidates.or(Some(value)),
                 _ => {}
             }
         }
-        Self::new(uid, intranet.as_deref(), region)
+        Self::new(uid, intranet.as_deref(), region, candidates.as_deref())
     }
 }
 
@@ -224,12 +268,17 @@ pub fn batch(
     let uids = parse_batch(body, &state.ctl.limits)?;
     let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
     let snap = state.ctl.snapshot();
-    let json = snap
-        .table
-        .route_batch_json(&refs, query.region.as_deref(), query.intranet, |node, n| {
-            snap.routed[node].inc_by(n as u64)
-        })
-        .map_err(|_| ApiError::no_routable_node())?;
+    let region = query.region.as_deref();
+    let count = |node: usize, n: usize| snap.routed[node].inc_by(n as u64);
+    let json = match query.candidates {
+        None => snap
+            .table
+            .route_batch_json(&refs, region, query.intranet, count),
+        Some(k) => snap
+            .table
+            .route_batch_candidates_json(&refs, region, query.intranet, k, count),
+    }
+    .map_err(|_| ApiError::no_routable_node())?;
     Ok(RoutedJson::new(json, snap.table.revision()))
 }
 
@@ -286,10 +335,14 @@ pub fn one(
     crate::overrides::model::check_uid(uid, state.ctl.limits.max_uid_bytes)
         .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
     let snap = state.ctl.snapshot();
-    let (node, json) = snap
-        .table
-        .route_one_json(uid, query.region.as_deref(), query.intranet)
-        .map_err(|_| ApiError::no_routable_node())?;
+    let region = query.region.as_deref();
+    let (node, json) = match query.candidates {
+        None => snap.table.route_one_json(uid, region, query.intranet),
+        Some(k) => snap
+            .table
+            .route_one_candidates_json(uid, region, query.intranet, k),
+    }
+    .map_err(|_| ApiError::no_routable_node())?;
     snap.routed[node].inc();
     Ok(RoutedJson::new(json, snap.table.revision()))
 }
@@ -342,9 +395,17 @@ impl RouteApi {
         intranet: Query<Option<String>>,
         /// The caller's region hint, read by the `region` strategy.
         region: Query<Option<String>>,
+        /// Group users by their first K candidate nodes (1..=8) and list
+        /// them in each group, for client-side failover.
+        candidates: Query<Option<String>>,
         body: UidBatch,
     ) -> Result<RoutedJson<Vec<RouteGroup>>, ApiError> {
-        let query = RouteQuery::new(None, intranet.0.as_deref(), region.0)?;
+        let query = RouteQuery::new(
+            None,
+            intranet.0.as_deref(),
+            region.0,
+            candidates.0.as_deref(),
+        )?;
         batch(&state, &query, &body.0)
     }
 
@@ -364,8 +425,16 @@ impl RouteApi {
         intranet: Query<Option<String>>,
         /// The caller's region hint.
         region: Query<Option<String>>,
+        /// Also list the user's first K candidate nodes (1..=8): where the
+        /// user is moved when the node before goes away.
+        candidates: Query<Option<String>>,
     ) -> Result<RoutedJson<RouteAnswer>, ApiError> {
-        let query = RouteQuery::new(uid.0, intranet.0.as_deref(), region.0)?;
+        let query = RouteQuery::new(
+            uid.0,
+            intranet.0.as_deref(),
+            region.0,
+            candidates.0.as_deref(),
+        )?;
         one(&state, &query, req)
     }
 }

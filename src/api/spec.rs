@@ -18,6 +18,7 @@ const TAG_ORDER: &[&str] = &[
     "Routing",
     "Nodes",
     "Strategies",
+    "Planning",
     "Overrides",
     "Audit",
     "Cluster",
@@ -215,8 +216,11 @@ fn refine_schemas(doc: &mut Value) {
             }
         }
     }
+    planning_schemas(doc);
     // Write bodies refuse unknown fields.
     for schema in [
+        "SimulateRequest",
+        "Sample",
         "NodeWrite",
         "NodeCreate",
         "NodePatch",
@@ -230,6 +234,67 @@ fn refine_schemas(doc: &mut Value) {
             s.insert("additionalProperties".into(), Value::Bool(false));
         }
     }
+}
+
+/// The simulate body: each change is one of six shapes, told apart by `op`
+/// (the handler reads them; the document says what they are).
+fn planning_schemas(doc: &mut Value) {
+    let id = json!({"type": "string", "pattern": ID_PATTERN});
+    let shape = |op: &str, fields: Value, description: &str| {
+        let mut properties = json!({"op": {"type": "string", "enum": [op]}});
+        let mut required = vec![json!("op")];
+        for (k, v) in fields.as_object().into_iter().flatten() {
+            properties[k] = v.clone();
+            required.push(json!(k));
+        }
+        json!({"title": op, "type": "object", "description": description,
+               "required": required, "properties": properties,
+               "additionalProperties": false})
+    };
+    let schema = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    let change = json!({
+        "description": "One proposed change: `op` names it, the other fields are those of its endpoint, checked the same way.",
+        "oneOf": [
+            shape("put_node", json!({"node": schema("NodeCreate")}),
+                  "Create or replace a node, as `PUT /admin/nodes/{id}` (the id in the node)."),
+            shape("patch_node", json!({"id": id, "patch": schema("NodePatch")}),
+                  "Change some fields of a stored node, as `PATCH /admin/nodes/{id}`."),
+            shape("delete_node", json!({"id": id}),
+                  "Delete a stored node, as `DELETE /admin/nodes/{id}`."),
+            shape("set_health", json!({"id": id, "status": {"type": "string", "enum": ["healthy", "unhealthy"]}}),
+                  "Take the node's health as given (a failed probe, a missed heartbeat, a recovery)."),
+            shape("put_strategy", json!({"name": id, "strategy": schema("StrategyWrite")}),
+                  "Create or replace a strategy, as `PUT /admin/strategies/{name}`."),
+            shape("activate_strategy", json!({"name": id}),
+                  "Switch the active strategy, as `PUT /admin/routing`."),
+        ]
+    });
+    if let Some(schemas) = doc
+        .get_mut("components")
+        .and_then(|c| c.get_mut("schemas"))
+        .and_then(Value::as_object_mut)
+    {
+        schemas.insert("Change".into(), change);
+    }
+    set_property(
+        doc,
+        "SimulateRequest",
+        "changes",
+        json!({"items": schema("Change")}),
+    );
+    set_property(
+        doc,
+        "SimulateRequest",
+        "region",
+        json!({"pattern": ID_PATTERN}),
+    );
+    set_property(
+        doc,
+        "Sample",
+        "count",
+        json!({"minimum": 1, "maximum": 1_000_000, "default": 100_000}),
+    );
+    set_property(doc, "Sample", "seed", json!({"minimum": 0, "default": 1}));
 }
 
 /// The request body example of each operation that takes one.
@@ -254,6 +319,14 @@ fn example(operation: &str) -> Option<Value> {
         "heartbeat" => json!({"connections": 1234}),
         "put_strategy" => json!({"kind": "weighted", "params": {}}),
         "put_routing" => json!({"active_strategy": "default"}),
+        "simulate" => json!({
+            "changes": [
+                {"op": "patch_node", "id": "gw-1", "patch": {"state": "draining"}},
+                {"op": "put_node", "node": {"id": "gw-9", "region": "eu",
+                    "external": {"tcp_addr": "203.0.113.9:5100"}}}
+            ],
+            "sample": {"count": 100000, "seed": 1}
+        }),
         _ => return None,
     })
 }
@@ -290,7 +363,7 @@ fn error_statuses(path: &str, method: &str, op: &Value) -> Vec<&'static str> {
     }
     // Writes and the audit trail need the store; routes need a node.
     if ((admin && write) || path.starts_with("/route") || id == "list_audit")
-        && id != "reload_overrides"
+        && !matches!(id, "reload_overrides" | "simulate")
     {
         out.push("503");
     }
@@ -399,6 +472,11 @@ fn refine_parameter(p: &mut Value, operation: &str) {
             _ => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
         },
         ("query", "uid") => json!({"type": "string"}),
+        ("query", "candidates") => json!({"type": "integer", "minimum": 1, "maximum": 8}),
+        ("query", "sample") => {
+            json!({"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 100_000})
+        }
+        ("query", "seed") => json!({"type": "integer", "minimum": 0, "default": 1}),
         ("header", "If-Match") => json!({"type": "string", "pattern": "^(\\*|(W/)?\"?[0-9]+\"?)$"}),
         _ => return,
     };

@@ -95,6 +95,13 @@ pub fn body(method: &str, endpoint: &str, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Checks a value against a named schema of the served document; the
+/// message names the field under `at` (`changes[0].node.weight: ...`).
+pub fn value(value: &Value, schema: &str, at: &str) -> Result<(), String> {
+    let reference = serde_json::json!({ "$ref": format!("#/components/schemas/{schema}") });
+    check(value, &reference, at)
+}
+
 fn resolve(schema: &Value) -> &Value {
     match schema["$ref"].as_str() {
         Some(r) => {

@@ -12,6 +12,7 @@
 //! the three ways a change arrives (the result of a local write, the change
 //! feed, a full reload) can race without ever going backwards.
 
+pub mod plan;
 pub mod tasks;
 
 use std::{
@@ -145,7 +146,7 @@ impl From<StoreError> for ControlError {
 }
 
 /// The cached stored state, per entity, with change numbers.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Inputs {
     nodes: BTreeMap<String, Arc<NodeRecord>>,
     /// Deleted nodes: id -> change number of the delete. Kept until the
@@ -354,6 +355,25 @@ impl Inputs {
         self.strategy_tombs.retain(|_, seq| *seq > applied);
     }
 
+    /// See [`Controller::check_no_twin`].
+    fn check_no_twin(&self, id: &str) -> Result<(), ControlError> {
+        let seed = crate::routing::hrw::node_seed(id);
+        if self.effective.contains_key(id) {
+            return Ok(());
+        }
+        match self
+            .effective
+            .iter()
+            .find(|(_, (_, p))| p.seed.primary == seed)
+        {
+            Some((other, _)) => Err(ControlError::Invalid(format!(
+                "id: {id:?} hashes to the same 32-bit routing seed as node {other:?} \
+                 (a one-in-four-billion coincidence); choose another id"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// What `Overrides::validate` checks the file against.
     fn stored(&self) -> Stored {
         Stored {
@@ -364,6 +384,129 @@ impl Inputs {
             head: self.applied,
         }
     }
+}
+
+/// Everything a table and view are built from, read from the inputs at one
+/// moment (O(N) pointer copies).
+pub(crate) struct Parts {
+    nodes: Vec<Arc<EffectiveNode>>,
+    prepared: Vec<Arc<PreparedNode>>,
+    members: u64,
+    strategies: Vec<Arc<StrategyRecord>>,
+    active_db: String,
+    file: Arc<Overrides>,
+    prepared_overrides: Arc<PreparedOverrides>,
+}
+
+impl Inputs {
+    fn parts(&self) -> Parts {
+        let (nodes, prepared): (Vec<_>, Vec<_>) = self.effective.values().cloned().unzip();
+        Parts {
+            nodes,
+            prepared,
+            members: self.members,
+            strategies: self.strategies.values().cloned().collect(),
+            active_db: self.active.clone(),
+            file: self.overrides.clone(),
+            prepared_overrides: self.prepared_overrides.clone(),
+        }
+    }
+}
+
+/// A table's input, with the view's parts.
+pub(crate) struct Composed {
+    pub input: TableInput,
+    pub nodes: Vec<Arc<EffectiveNode>>,
+    pub strategies: Vec<Arc<StrategyRecord>>,
+    pub active: String,
+    /// `db` or `overrides`.
+    pub source: &'static str,
+}
+
+/// The one composition of routing's input from stored state, the overrides
+/// file and health: `rebuild` serves what it gives, and a simulation builds
+/// its tables with it, so a simulated change cannot route differently from
+/// the same change made for real.
+pub(crate) fn compose(parts: Parts, is_unhealthy: &dyn Fn(&EffectiveNode) -> bool) -> Composed {
+    let Parts {
+        nodes,
+        prepared,
+        strategies,
+        active_db,
+        file,
+        prepared_overrides,
+        ..
+    } = parts;
+    let has = |name: &str| {
+        strategies
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .is_ok()
+    };
+    let (active, source) = match &file.active_strategy {
+        Some(name) if has(name) => (name.clone(), "overrides"),
+        _ => (active_db, "db"),
+    };
+    let strategy = strategies
+        .iter()
+        .find(|s| s.name == active)
+        .map(|s| StrategyInput {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            params: s.params.clone(),
+        })
+        .unwrap_or_else(|| StrategyInput {
+            name: active.clone(),
+            kind: "hash".into(),
+            params: Value::Null,
+        });
+    let input = TableInput {
+        nodes: nodes
+            .iter()
+            .zip(prepared)
+            .map(|(n, node)| TableNode {
+                node,
+                healthy: !is_unhealthy(n),
+            })
+            .collect(),
+        strategy,
+        overrides: prepared_overrides,
+    };
+    Composed {
+        input,
+        nodes,
+        strategies,
+        active,
+        source,
+    }
+}
+
+/// Checks a strategy's kind and params as `PUT /admin/strategies` does;
+/// the params to store (`null` becomes `{}`). The error names the field.
+pub(crate) fn check_strategy(kind: &str, params: Value) -> Result<Value, String> {
+    let plugin = strategy::kind(kind).ok_or_else(|| {
+        let kinds: Vec<&str> = strategy::BUILTIN.iter().map(|k| k.kind()).collect();
+        format!(
+            "kind: unknown strategy kind {:?} (installed: {})",
+            crate::model::truncate(kind),
+            kinds.join(", ")
+        )
+    })?;
+    let params = if params.is_null() {
+        Value::Object(Default::default())
+    } else {
+        params
+    };
+    // Params are stored, kept in every audit row and read by every
+    // replica: keep them small (a strategy then always fits an audit row).
+    const PARAMS_MAX: usize = 32 * 1024;
+    let size = params.to_string().len();
+    if size > PARAMS_MAX {
+        return Err(format!(
+            "params: at most {PARAMS_MAX} bytes of JSON, got {size}"
+        ));
+    }
+    plugin.validate(&params).map_err(|e| e.to_string())?;
+    Ok(params)
 }
 
 /// Per-node metric series, kept in step with the node set by `rebuild`.
@@ -564,58 +707,19 @@ impl Controller {
     /// Builds a table and view from the current inputs and swaps them in.
     pub fn rebuild(&self) {
         let started = std::time::Instant::now();
-        let (nodes, prepared, members, strategies, active_db, file, prepared_overrides) = {
-            let inputs = self.lock_inputs();
-            let (nodes, prepared): (Vec<_>, Vec<_>) = inputs.effective.values().cloned().unzip();
-            (
-                nodes,
-                prepared,
-                inputs.members,
-                inputs.strategies.values().cloned().collect::<Vec<_>>(),
-                inputs.active.clone(),
-                inputs.overrides.clone(),
-                inputs.prepared_overrides.clone(),
-            )
-        };
+        let parts = self.lock_inputs().parts();
+        let members = parts.members;
         let unhealthy = self.health.unhealthy();
         let is_unhealthy = |n: &EffectiveNode| {
             !unhealthy.is_empty() && unhealthy.get(n.spec.id.as_str()) == Some(&n.incarnation())
         };
-
-        let has = |name: &str| {
-            strategies
-                .binary_search_by(|s| s.name.as_str().cmp(name))
-                .is_ok()
-        };
-        let (active, source) = match &file.active_strategy {
-            Some(name) if has(name) => (name.clone(), "overrides"),
-            _ => (active_db, "db"),
-        };
-        let strategy = strategies
-            .iter()
-            .find(|s| s.name == active)
-            .map(|s| StrategyInput {
-                name: s.name.clone(),
-                kind: s.kind.clone(),
-                params: s.params.clone(),
-            })
-            .unwrap_or_else(|| StrategyInput {
-                name: active.clone(),
-                kind: "hash".into(),
-                params: Value::Null,
-            });
-        let input = TableInput {
-            nodes: nodes
-                .iter()
-                .zip(prepared)
-                .map(|(n, node)| TableNode {
-                    node,
-                    healthy: !is_unhealthy(n),
-                })
-                .collect(),
-            strategy,
-            overrides: prepared_overrides,
-        };
+        let Composed {
+            input,
+            nodes,
+            strategies,
+            active,
+            source,
+        } = compose(parts, &is_unhealthy);
         let table = Table::build(&input);
 
         let was_panic = self.snapshot.load().table.panic_mode();
@@ -1064,22 +1168,7 @@ impl Controller {
     /// refused: the two would have to share draws, and one of them coming or
     /// going would move the other's users (about N / 2^32 per new id).
     fn check_no_twin(&self, id: &str) -> Result<(), ControlError> {
-        let seed = crate::routing::hrw::node_seed(id);
-        let inputs = self.lock_inputs();
-        if inputs.effective.contains_key(id) {
-            return Ok(());
-        }
-        match inputs
-            .effective
-            .iter()
-            .find(|(_, (_, p))| p.seed.primary == seed)
-        {
-            Some((other, _)) => Err(ControlError::Invalid(format!(
-                "id: {id:?} hashes to the same 32-bit routing seed as node {other:?} \
-                 (a one-in-four-billion coincidence); choose another id"
-            ))),
-            None => Ok(()),
-        }
+        self.lock_inputs().check_no_twin(id)
     }
 
     pub async fn create_node(
@@ -1203,31 +1292,7 @@ impl Controller {
                 crate::model::truncate(name)
             )));
         }
-        let plugin = strategy::kind(kind).ok_or_else(|| {
-            let kinds: Vec<&str> = strategy::BUILTIN.iter().map(|k| k.kind()).collect();
-            ControlError::Invalid(format!(
-                "kind: unknown strategy kind {:?} (installed: {})",
-                crate::model::truncate(kind),
-                kinds.join(", ")
-            ))
-        })?;
-        let params = if params.is_null() {
-            Value::Object(Default::default())
-        } else {
-            params
-        };
-        // Params are stored, kept in every audit row and read by every
-        // replica: keep them small (a strategy then always fits an audit row).
-        const PARAMS_MAX: usize = 32 * 1024;
-        let size = params.to_string().len();
-        if size > PARAMS_MAX {
-            return Err(ControlError::Invalid(format!(
-                "params: at most {PARAMS_MAX} bytes of JSON, got {size}"
-            )));
-        }
-        plugin
-            .validate(&params)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let params = check_strategy(kind, params).map_err(ControlError::Invalid)?;
         let (name, kind, actor) = (name.to_owned(), kind.to_owned(), actor.clone());
         self.detached(move |ctl| async move {
             let _w = ctl.write.lock().await;

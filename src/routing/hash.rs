@@ -46,6 +46,13 @@ impl HashPlacement {
 }
 
 impl Placement for HashPlacement {
+    fn rank(&self, uid: hrw::UidHash, _region: Option<&str>, k: usize, out: &mut Vec<usize>) {
+        let mut best = Vec::with_capacity(k.min(self.seeds.len()) + 1);
+        hrw::top_k(uid, &self.seeds, k, &mut best);
+        out.clear();
+        out.extend(best.iter().map(|&(_, i)| i as usize));
+    }
+
     #[inline]
     fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
         hrw::argmax(uid, &self.seeds).map(|(i, _)| i)

@@ -210,6 +210,70 @@ pub fn argmax_portable(uid: UidHash, seeds: &[u32]) -> Option<(usize, u32)> {
     argmax_body(uid.key32(), seeds)
 }
 
+/// Most candidate lists a caller may ask for (`candidates=K`).
+pub const MAX_RANK: usize = 8;
+
+/// Inserts `(score, index)` into `best` (ordered by score, highest first;
+/// equal scores by index, lowest first, since indexes arrive ascending) and
+/// keeps at most `k` entries.
+#[inline(always)]
+fn insert_ranked(best: &mut Vec<(u32, u32)>, k: usize, score: u32, index: u32) {
+    let at = best.partition_point(|&(s, _)| s >= score);
+    if at < k {
+        if best.len() == k {
+            best.pop();
+        }
+        best.insert(at, (score, index));
+    }
+}
+
+/// The portable body of [`top_k`]; compiled once per instruction set.
+#[inline(always)]
+fn top_k_body(uid: u32, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
+    best.clear();
+    for (b, block) in seeds.chunks(BLOCK).enumerate() {
+        let mut buf = [0u32; BLOCK];
+        let buf = &mut buf[..block.len()];
+        for (out, &seed) in buf.iter_mut().zip(block) {
+            *out = score(uid, seed);
+        }
+        for (i, &s) in buf.iter().enumerate() {
+            // Below the k-th best so far (the common case once the list is
+            // full): one comparison.
+            if best.len() == k && best[k - 1].0 >= s {
+                continue;
+            }
+            insert_ranked(best, k, s, (b * BLOCK + i) as u32);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn top_k_avx2(uid: u32, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
+    top_k_body(uid, seeds, k, best)
+}
+
+/// The `k` highest scores among `seeds` with their indexes, highest first;
+/// equal scores in index order. The first is [`argmax`]'s answer, and without
+/// it the second would be: rendezvous scores of one node do not depend on
+/// the others. One pass, O(N + k) per uid for the usual case.
+#[inline]
+pub fn top_k(uid: UidHash, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
+    if k == 0 {
+        best.clear();
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { top_k_avx2(uid.key32(), seeds, k, best) };
+        }
+    }
+    top_k_body(uid.key32(), seeds, k, best)
+}
+
 /// Maps a score to a uniform draw in the open interval (0, 1).
 #[inline(always)]
 pub fn unit_interval(score: u32) -> f64 {

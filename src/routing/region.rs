@@ -239,6 +239,44 @@ impl RegionPlacement {
 }
 
 impl Placement for RegionPlacement {
+    /// The region's nodes, then each fallback region's in order, then every
+    /// other node, each part in the inner kind's order: exactly the order in
+    /// which `place` would reach them as nodes before them go away.
+    fn rank(&self, uid: UidHash, region: Option<&str>, k: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let mut part = Vec::with_capacity(k);
+        let mut visited: Vec<&str> = Vec::new();
+        if let Some(region) = region.or(self.default_region.as_deref()) {
+            let fallback = self.fallback.get(region).map_or(&[][..], |l| &l[..]);
+            for r in std::iter::once(region).chain(fallback.iter().map(|r| &**r)) {
+                if out.len() >= k {
+                    return;
+                }
+                if visited.contains(&r) {
+                    continue;
+                }
+                visited.push(r);
+                if let Some(sub) = self.by_region.get(r) {
+                    sub.inner.rank(uid, None, k - out.len(), &mut part);
+                    out.extend(part.iter().map(|&i| sub.index[i] as usize));
+                }
+            }
+        }
+        if out.len() < k {
+            // At most `out.len()` of the k best of all are listed already,
+            // so the rest of them are the best unlisted ones, enough of them.
+            self.all.rank(uid, None, k, &mut part);
+            for &i in &part {
+                if out.len() == k {
+                    break;
+                }
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+        }
+    }
+
     fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize> {
         if let Some(region) = region.or(self.default_region.as_deref()) {
             if let Some(i) = self.in_region(region, uid) {

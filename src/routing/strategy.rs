@@ -28,11 +28,27 @@ pub struct Candidate<'a> {
     pub seed: NodeSeed,
 }
 
-/// A built strategy: picks one candidate index for a uid.
+/// A built strategy: ranks the candidates for a uid.
 pub trait Placement: Send + Sync {
-    /// Index into the candidate slice the placement was built from, or `None`
-    /// when there is no candidate at all.
-    fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize>;
+    /// Up to `k` indexes into the candidate slice the placement was built
+    /// from, in this user's order of preference, written to `out` (cleared
+    /// first; empty when there is no candidate at all).
+    ///
+    /// The contract every kind keeps, and the property tests check: the
+    /// first is [`Placement::place`]'s answer; and a placement built from the
+    /// same candidates without the first one places the user on the second,
+    /// and so on down the list. So a client that holds the list fails over
+    /// exactly where the router would move it.
+    fn rank(&self, uid: UidHash, region: Option<&str>, k: usize, out: &mut Vec<usize>);
+
+    /// The first of the ranking: the index this user is placed on, or `None`
+    /// when there is no candidate at all. Kinds override it with a faster
+    /// path that must give the same answer.
+    fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize> {
+        let mut out = Vec::with_capacity(1);
+        self.rank(uid, region, 1, &mut out);
+        out.first().copied()
+    }
 
     /// Whether `place` reads the region; when false the table skips the
     /// per-uid region lookup.

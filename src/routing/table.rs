@@ -477,13 +477,31 @@ impl Table {
         hash: hrw::UidHash,
         region_hint: Option<&str>,
     ) -> Option<usize> {
-        if let Some(&t) = self.overrides.pins.get(hash.0, uid) {
-            let i = self.pin_node[t as usize];
-            if i != NOT_ROUTABLE {
-                return Some(i as usize);
-            }
+        if let Some(i) = self.pinned(uid, hash) {
+            return Some(i);
         }
-        let region = if self.uses_region {
+        self.placement
+            .place(hash, self.region_of(uid, hash, region_hint))
+    }
+
+    /// The routable node a uid is pinned to.
+    #[inline]
+    fn pinned(&self, uid: &str, hash: hrw::UidHash) -> Option<usize> {
+        let &t = self.overrides.pins.get(hash.0, uid)?;
+        let i = self.pin_node[t as usize];
+        (i != NOT_ROUTABLE).then_some(i as usize)
+    }
+
+    /// The region the placement reads: the overrides' user region, else the
+    /// request's hint (only for kinds that read one).
+    #[inline]
+    fn region_of<'a>(
+        &'a self,
+        uid: &str,
+        hash: hrw::UidHash,
+        region_hint: Option<&'a str>,
+    ) -> Option<&'a str> {
+        if self.uses_region {
             self.overrides
                 .user_regions
                 .get(hash.0, uid)
@@ -491,8 +509,184 @@ impl Table {
                 .or(region_hint)
         } else {
             None
-        };
-        self.placement.place(hash, region)
+        }
+    }
+
+    /// Up to `k` routable nodes (indexes into [`Table::nodes`]) in the user's
+    /// order of preference, into `out`: the first is [`Table::route`]'s
+    /// answer, and when it becomes unroutable the user is placed on the
+    /// second, and so on. A pin comes first; the strategy's ranking follows.
+    pub fn rank(&self, uid: &str, region_hint: Option<&str>, k: usize, out: &mut Vec<usize>) {
+        self.rank_hashed(uid, hrw::uid_hash(uid), region_hint, k, out)
+    }
+
+    fn rank_hashed(
+        &self,
+        uid: &str,
+        hash: hrw::UidHash,
+        region_hint: Option<&str>,
+        k: usize,
+        out: &mut Vec<usize>,
+    ) {
+        let region = self.region_of(uid, hash, region_hint);
+        match self.pinned(uid, hash) {
+            Some(pin) if k > 0 => {
+                let mut rest = Vec::with_capacity(k + 1);
+                self.placement.rank(hash, region, k, &mut rest);
+                out.clear();
+                out.push(pin);
+                out.extend(rest.into_iter().filter(|&i| i != pin).take(k - 1));
+            }
+            _ => self.placement.rank(hash, region, k, out),
+        }
+    }
+
+    /// The JSON object answering `GET /route?candidates=K` for one user: the
+    /// answer itself plus `"candidates"`, its first entry being the answer.
+    pub fn route_one_candidates_json(
+        &self,
+        uid: &str,
+        region_hint: Option<&str>,
+        intranet: bool,
+        k: usize,
+    ) -> Result<(usize, Vec<u8>), NoRoutableNode> {
+        let mut ranked = Vec::with_capacity(k);
+        self.rank(uid, region_hint, k, &mut ranked);
+        let &first = ranked.first().ok_or(NoRoutableNode)?;
+        let at = usize::from(intranet);
+        let frag = &self.nodes[first].fragments[at];
+        let mut out = Vec::with_capacity((frag.len() + 2) * (k + 1) + 16);
+        out.push(b'{');
+        out.extend_from_slice(&frag[..frag.len() - 1]);
+        out.extend_from_slice(b",\"candidates\":");
+        self.write_candidates(&mut out, ranked.iter().copied(), at);
+        out.push(b'}');
+        Ok((first, out))
+    }
+
+    fn write_candidates(&self, out: &mut Vec<u8>, list: impl Iterator<Item = usize>, at: usize) {
+        out.push(b'[');
+        for (n, i) in list.enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.push(b'{');
+            out.extend_from_slice(&self.nodes[i].fragments[at]);
+        }
+        out.push(b']');
+    }
+
+    /// `POST /route/batch?candidates=K`: users grouped by their whole
+    /// candidate list; each group carries `"candidates"` and, at the top
+    /// level, the first candidate's fields. Order and duplicates as in
+    /// [`Table::route_batch_json`]; `per_node` counts the first candidate.
+    pub fn route_batch_candidates_json(
+        &self,
+        uids: &[&str],
+        region_hint: Option<&str>,
+        intranet: bool,
+        k: usize,
+        mut per_node: impl FnMut(usize, usize),
+    ) -> Result<Vec<u8>, NoRoutableNode> {
+        if uids.is_empty() {
+            return Ok(b"[]".to_vec());
+        }
+        if self.nodes.is_empty() || k == 0 {
+            return Err(NoRoutableNode);
+        }
+        let k = k.min(hrw::MAX_RANK);
+        const SKIP: u32 = u32::MAX;
+        type Key = [u32; hrw::MAX_RANK];
+        let mut group_of: HashMap<Key, u32> = HashMap::new();
+        let mut group_key: Vec<(Key, usize)> = Vec::new();
+        let mut group_len: Vec<u32> = Vec::new();
+        let mut assigned: Vec<u32> = Vec::with_capacity(uids.len());
+        let mut seen = SeenSet::with_capacity(uids.len());
+        let mut hashes: Vec<u64> = Vec::with_capacity(uids.len());
+        let mut ranked = Vec::with_capacity(k + 1);
+        for &uid in uids {
+            let hash = hrw::uid_hash(uid);
+            hashes.push(hash.0);
+            if uids.len() > 1 && !seen.insert(hash.0, hashes.len() - 1, &hashes, uids) {
+                assigned.push(SKIP);
+                continue;
+            }
+            self.rank_hashed(uid, hash, region_hint, k, &mut ranked);
+            if ranked.is_empty() {
+                return Err(NoRoutableNode);
+            }
+            let mut key: Key = [SKIP; hrw::MAX_RANK];
+            for (slot, &i) in key.iter_mut().zip(&ranked) {
+                *slot = i as u32;
+            }
+            let g = *group_of.entry(key).or_insert_with(|| {
+                group_key.push((key, ranked.len()));
+                group_len.push(0);
+                group_key.len() as u32 - 1
+            });
+            group_len[g as usize] += 1;
+            assigned.push(g);
+        }
+        let at = usize::from(intranet);
+        let text: usize = uids.iter().map(|u| u.len() + 3).sum();
+        let capacity = text + group_len.len() * 160 * (k + 1) + 2;
+        let out = self.write_groups(uids, &assigned, &group_len, capacity, |out, g| {
+            let (key, len) = &group_key[g];
+            out.extend_from_slice(b"\"candidates\":");
+            self.write_candidates(out, key[..*len].iter().map(|&i| i as usize), at);
+            out.push(b',');
+            let first = key[0] as usize;
+            out.extend_from_slice(&self.nodes[first].fragments[at]);
+            per_node(first, group_len[g] as usize);
+        });
+        Ok(out)
+    }
+
+    /// Passes 2 and 3 of a batch: a counting sort of uid positions by group
+    /// (input order kept), then `[{"uids":[...],` + `tail(group)` per group.
+    fn write_groups(
+        &self,
+        uids: &[&str],
+        assigned: &[u32],
+        group_len: &[u32],
+        capacity: usize,
+        mut tail: impl FnMut(&mut Vec<u8>, usize),
+    ) -> Vec<u8> {
+        const SKIP: u32 = u32::MAX;
+        let mut start: Vec<u32> = Vec::with_capacity(group_len.len() + 1);
+        let mut acc = 0u32;
+        for &len in group_len {
+            start.push(acc);
+            acc += len;
+        }
+        let mut order = vec![0u32; acc as usize];
+        let mut fill = start.clone();
+        for (pos, &g) in assigned.iter().enumerate() {
+            if g != SKIP {
+                order[fill[g as usize] as usize] = pos as u32;
+                fill[g as usize] += 1;
+            }
+        }
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'[');
+        for g in 0..group_len.len() {
+            if g > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"uids\":[");
+            let from = start[g] as usize;
+            let to = from + group_len[g] as usize;
+            for (n, &pos) in order[from..to].iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_json_str(&mut out, uids[pos as usize]);
+            }
+            out.extend_from_slice(b"],");
+            tail(&mut out, g);
+        }
+        out.push(b']');
+        out
     }
 
     /// The JSON object answering `GET /route` for one uid.
@@ -556,43 +750,14 @@ impl Table {
             assigned.push(*g);
             out_len += uid.len() + 3;
         }
-        // Pass 2: a counting sort of uid positions by group keeps input order.
-        let mut start: Vec<u32> = Vec::with_capacity(group_len.len() + 1);
-        let mut acc = 0u32;
-        for &len in &group_len {
-            start.push(acc);
-            acc += len;
-        }
-        let mut order = vec![0u32; acc as usize];
-        let mut fill = start.clone();
-        for (pos, &g) in assigned.iter().enumerate() {
-            if g != SKIP {
-                order[fill[g as usize] as usize] = pos as u32;
-                fill[g as usize] += 1;
-            }
-        }
-        // Pass 3: serialise.
-        let mut out = Vec::with_capacity(out_len);
-        out.push(b'[');
-        for (g, &node) in group_node.iter().enumerate() {
-            if g > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"uids\":[");
-            let from = start[g] as usize;
-            let to = from + group_len[g] as usize;
-            for (k, &pos) in order[from..to].iter().enumerate() {
-                if k > 0 {
-                    out.push(b',');
-                }
-                write_json_str(&mut out, uids[pos as usize]);
-            }
-            out.extend_from_slice(b"],");
-            out.extend_from_slice(&self.nodes[node as usize].fragments[usize::from(intranet)]);
-            per_node(node as usize, group_len[g] as usize);
-        }
-        out.push(b']');
-        Ok(out)
+        let frags = |node: u32| &self.nodes[node as usize].fragments[usize::from(intranet)];
+        Ok(
+            self.write_groups(uids, &assigned, &group_len, out_len, |out, g| {
+                let node = group_node[g];
+                out.extend_from_slice(frags(node));
+                per_node(node as usize, group_len[g] as usize);
+            }),
+        )
     }
 }
 

@@ -665,3 +665,188 @@ fn pins_to_many_targets_follow_each_target() {
     }
     assert_eq!(t.stats().pins, 48);
 }
+
+/// A random cluster for the ranking properties: nodes with weights and
+/// regions, a strategy of any built-in kind, a few pins.
+#[derive(Debug, Clone)]
+struct Cluster {
+    nodes: Vec<NodeInput>,
+    kind: &'static str,
+    params: Value,
+    pins: BTreeMap<String, String>,
+}
+
+impl Cluster {
+    fn table(&self) -> Table {
+        Table::build(&TableInput::prepare(
+            &self.nodes,
+            StrategyInput {
+                name: "t".into(),
+                kind: self.kind.into(),
+                params: self.params.clone(),
+            },
+            &self.pins,
+            &BTreeMap::new(),
+        ))
+    }
+}
+
+const REGIONS: [&str; 4] = ["eu", "us", "ap", "sa"];
+
+fn cluster() -> impl Strategy<Value = Cluster> {
+    let nodes = prop::collection::btree_map(
+        "[a-z0-9-]{1,10}",
+        (
+            1u16..20,
+            prop::option::of(prop::sample::select(&REGIONS[..])),
+        ),
+        1..16,
+    );
+    let region_params = (
+        prop::option::of(prop::sample::select(&REGIONS[..])),
+        prop::collection::btree_map(
+            prop::sample::select(&REGIONS[..]),
+            prop::collection::vec(prop::sample::select(&REGIONS[..]), 0..4),
+            0..4,
+        ),
+        prop::bool::ANY,
+    );
+    (
+        nodes,
+        prop::sample::select(vec!["hash", "weighted", "region"]),
+        region_params,
+        prop::collection::vec((0u32..40, any::<prop::sample::Index>()), 0..6),
+    )
+        .prop_map(
+            |(nodes, kind, (default_region, fallback, weighted), pins)| {
+                let nodes: Vec<NodeInput> = nodes
+                    .into_iter()
+                    .map(|(id, (weight, region))| NodeInput {
+                        region: region.map(str::to_owned),
+                        ..node(&id, weight)
+                    })
+                    .collect();
+                let params = if kind == "region" {
+                    json!({"default_region": default_region, "fallback": fallback,
+                       "inner": if weighted { "weighted" } else { "hash" }})
+                } else {
+                    json!({})
+                };
+                let pins = pins
+                    .into_iter()
+                    .map(|(u, i)| (format!("r{u}"), i.get(&nodes).id.clone()))
+                    .collect();
+                Cluster {
+                    nodes,
+                    kind,
+                    params,
+                    pins,
+                }
+            },
+        )
+}
+
+/// Ways a node stops being routable.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    Drain,
+    Disable,
+    Unhealthy,
+    WeightZero,
+    Delete,
+}
+
+fn remove(c: &mut Cluster, id: &str, how: Removal) {
+    let Some(n) = c.nodes.iter_mut().find(|n| n.id == id) else {
+        return;
+    };
+    match how {
+        Removal::Drain => n.state = NodeState::Draining,
+        Removal::Disable => n.state = NodeState::Disabled,
+        Removal::Unhealthy => n.healthy = false,
+        Removal::WeightZero => n.weight = 0,
+        Removal::Delete => {
+            c.nodes.retain(|n| n.id != id);
+            c.pins.retain(|_, node| node != id);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The failover guarantee: when a user's first candidate becomes
+    /// unroutable (in any way), the user is placed on the second, and its
+    /// new list is the rest of the old one; and so on down the list.
+    #[test]
+    fn removing_the_first_candidate_places_the_user_on_the_second(
+        c in cluster(),
+        how in prop::sample::select(vec![
+            Removal::Drain, Removal::Disable, Removal::Unhealthy,
+            Removal::WeightZero, Removal::Delete,
+        ]),
+        hint in prop::option::of(prop::sample::select(&REGIONS[..])),
+        k in 1usize..=8,
+    ) {
+        let t = c.table();
+        let users: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+        let mut ranked = Vec::new();
+        for uid in &users {
+            t.rank(uid, hint, k, &mut ranked);
+            let ids: Vec<String> = ranked.iter().map(|&i| t.nodes()[i].id.to_string()).collect();
+            // A permutation of distinct routable nodes, as long as it can be.
+            let mut unique = ids.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), ids.len());
+            prop_assert_eq!(ids.len(), k.min(t.nodes().len()));
+            // K=1 is placement.
+            let mut one = Vec::new();
+            t.rank(uid, hint, 1, &mut one);
+            prop_assert_eq!(one.first().copied(), t.route(uid, hint));
+            prop_assert_eq!(ranked.first().copied(), t.route(uid, hint));
+            // Take the candidates away one by one.
+            let mut cluster = c.clone();
+            for j in 1..ids.len() {
+                remove(&mut cluster, &ids[j - 1], how);
+                let after = cluster.table();
+                if after.panic_mode() {
+                    break;
+                }
+                let placed = after.route(uid, hint).map(|i| after.nodes()[i].id.to_string());
+                prop_assert_eq!(placed.as_deref(), Some(ids[j].as_str()), "after removing {:?}", &ids[..j]);
+                let mut rest = Vec::new();
+                after.rank(uid, hint, k - j, &mut rest);
+                let rest: Vec<String> = rest.iter().map(|&i| after.nodes()[i].id.to_string()).collect();
+                prop_assert_eq!(&rest[..], &ids[j..]);
+            }
+        }
+    }
+}
+
+#[test]
+fn top_k_agrees_with_a_full_sort_and_with_argmax() {
+    use super::hrw;
+    for n in [1usize, 2, 7, 64, 65, 130] {
+        let seeds: Vec<u32> = (0..n).map(|i| hrw::node_seed(&format!("n{i}"))).collect();
+        for u in 0..300 {
+            let uid = hrw::uid_hash(&format!("u{u}"));
+            let mut all: Vec<(u32, u32)> = seeds
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (hrw::score(uid.key32(), s), i as u32))
+                .collect();
+            all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut best = Vec::new();
+            for k in [1usize, 3, 8] {
+                hrw::top_k(uid, &seeds, k, &mut best);
+                assert_eq!(&best[..], &all[..k.min(n)]);
+            }
+            assert_eq!(best[0].1 as usize, hrw::argmax(uid, &seeds).unwrap().0);
+        }
+    }
+    // Equal seeds: ties in index order, as argmax breaks them.
+    let mut best = Vec::new();
+    hrw::top_k(hrw::UidHash(9), &[5, 5, 5], 2, &mut best);
+    assert_eq!(best.iter().map(|b| b.1).collect::<Vec<_>>(), vec![0, 1]);
+}

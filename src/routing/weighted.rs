@@ -74,6 +74,36 @@ impl WeightedPlacement {
 }
 
 impl Placement for WeightedPlacement {
+    /// Within a group the k best raw scores are the k best weighted ones
+    /// (the transform is monotonic), so each group contributes its top k,
+    /// merged by weighted score (ties to the lowest index, as in `place`).
+    fn rank(&self, uid: hrw::UidHash, _region: Option<&str>, k: usize, out: &mut Vec<usize>) {
+        out.clear();
+        if k == 0 {
+            return;
+        }
+        let mut best: Vec<(f64, u32)> = Vec::with_capacity(k + 1);
+        let mut raw = Vec::with_capacity(k + 1);
+        for group in self.groups.iter().rev() {
+            hrw::top_k(uid, &group.seeds, k, &mut raw);
+            for &(r, i) in &raw {
+                let score = hrw::weighted_score(group.weight, r);
+                let index = group.index[i as usize];
+                let ahead = |&(s, j): &(f64, u32)| s > score || (s == score && j < index);
+                let at = best.partition_point(ahead);
+                if at >= k {
+                    // The group's later entries score lower still.
+                    break;
+                }
+                if best.len() == k {
+                    best.pop();
+                }
+                best.insert(at, (score, index));
+            }
+        }
+        out.extend(best.iter().map(|&(_, i)| i as usize));
+    }
+
     #[inline]
     fn place(&self, uid: hrw::UidHash, _region: Option<&str>) -> Option<usize> {
         let mut best: Option<(f64, u32)> = None;

@@ -1,0 +1,407 @@
+//! `/admin/routing/distribution` and `/admin/routing/simulate`: how users
+//! spread, and what proposed changes would move, with nothing written.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::{param::Query, payload::Json, types::ParseFromJSON, Object, OpenApi};
+use serde_json::Value;
+
+use super::{
+    auth::AdminAuth,
+    error::ApiError,
+    nodes::{NodePatchDto, NodeWrite},
+    strategies::StrategyWrite,
+    ApiTags, AppState,
+};
+use crate::control::plan::{self, Change, Sample, MAX_SAMPLE};
+
+pub struct PlanApi;
+
+/// One node's part of a sample.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "NodeShare")]
+pub struct NodeShareDto {
+    pub node_id: String,
+    /// Users of the sample placed on this node.
+    pub users: u64,
+    /// `users / sample_size`.
+    pub share: f64,
+}
+
+/// How a sample of users spreads over the routable nodes.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Distribution")]
+pub struct DistributionDto {
+    /// The routing revision of the table the users were placed with.
+    pub revision: String,
+    pub sample_size: u64,
+    /// Users no node could take (there was no routable node).
+    pub unrouted: u64,
+    /// Most users on one node over the mean per routable node (1.0 is even).
+    pub max_over_mean: f64,
+    /// No node was healthy: users were spread over all active nodes.
+    pub panic_mode: bool,
+    /// Every routable node in id order, those with no user included.
+    pub nodes: Vec<NodeShareDto>,
+}
+
+impl From<plan::Distribution> for DistributionDto {
+    fn from(d: plan::Distribution) -> Self {
+        DistributionDto {
+            revision: d.revision,
+            sample_size: d.sample_size,
+            unrouted: d.unrouted,
+            max_over_mean: d.max_over_mean,
+            panic_mode: d.panic_mode,
+            nodes: d
+                .nodes
+                .into_iter()
+                .map(|n| NodeShareDto {
+                    node_id: n.node_id,
+                    users: n.users,
+                    share: n.share,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Users the changes move from one node to another.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Flow")]
+pub struct FlowDto {
+    /// `null`: users that had no node before.
+    pub from: Option<String>,
+    /// `null`: users that no node can take after the changes.
+    pub to: Option<String>,
+    pub users: u64,
+    /// The moved users in sample order, when the sample was a list of uids.
+    #[oai(skip_serializing_if_is_none)]
+    pub uids: Option<Vec<String>>,
+}
+
+/// What the changes would do.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Simulation")]
+pub struct SimulationDto {
+    pub sample_size: u64,
+    /// Users whose node would change.
+    pub moved: u64,
+    /// `moved / sample_size`.
+    pub moved_fraction: f64,
+    pub before: DistributionDto,
+    pub after: DistributionDto,
+    /// Every non-zero flow, largest first.
+    pub flows: Vec<FlowDto>,
+}
+
+/// Whose placement is counted: `count` synthetic users from `seed` (uid
+/// `sim-{seed}-{i}` for `i` in `0..count`), or a list of real `uids`.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Sample", deny_unknown_fields)]
+pub struct SampleDto {
+    /// Synthetic users, 1..=1000000 (default 100000).
+    pub count: Option<u64>,
+    /// Seed of the synthetic uids (default 1).
+    pub seed: Option<u64>,
+    /// Real uids instead (at most 1000000, within the body limit);
+    /// duplicates count once.
+    pub uids: Option<Vec<String>>,
+}
+
+/// Proposed changes, applied in order to a copy of the current state.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "SimulateRequest", deny_unknown_fields)]
+pub struct SimulateRequest {
+    /// Each one an object with `op` and the fields of that operation.
+    pub changes: Vec<Value>,
+    /// Default: 100000 synthetic users from seed 1.
+    pub sample: Option<SampleDto>,
+    /// Region hint for every user, as the `region` query of `/route`.
+    pub region: Option<String>,
+}
+
+/// At most two plans at once: each may place two million users.
+static PLANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs a plan off the async workers, two at most at once.
+async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let _permit = PLANS.acquire().await.map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal())
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_field", msg)
+}
+
+fn synthetic(count: Option<u64>, seed: Option<u64>, at: &str) -> Result<Sample, ApiError> {
+    let count = count.unwrap_or(100_000);
+    if !(1..=MAX_SAMPLE as u64).contains(&count) {
+        return Err(invalid(format!(
+            "{at}: must be an integer from 1 to {MAX_SAMPLE}, got {count}"
+        )));
+    }
+    Ok(Sample::Synthetic {
+        count: count as usize,
+        seed: seed.unwrap_or(1),
+    })
+}
+
+fn sample_of(dto: Option<SampleDto>, max_uid: usize) -> Result<Sample, ApiError> {
+    let Some(dto) = dto else {
+        return synthetic(None, None, "sample.count");
+    };
+    let Some(uids) = dto.uids else {
+        return synthetic(dto.count, dto.seed, "sample.count");
+    };
+    if dto.count.is_some() || dto.seed.is_some() {
+        return Err(invalid(
+            "sample: give either count and seed, or uids, not both",
+        ));
+    }
+    if uids.len() > MAX_SAMPLE {
+        return Err(invalid(format!(
+            "sample.uids: at most {MAX_SAMPLE} uids, got {}",
+            uids.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(uids.len());
+    let mut out = Vec::with_capacity(uids.len());
+    for (i, uid) in uids.into_iter().enumerate() {
+        crate::overrides::model::check_uid(&uid, max_uid)
+            .map_err(|e| invalid(format!("sample.uids[{i}]: {e}")))?;
+        if seen.insert(uid.clone()) {
+            out.push(uid);
+        }
+    }
+    Ok(Sample::Uids(out))
+}
+
+/// The operations a change may name.
+const OPS: &str = "put_node, patch_node, delete_node, set_health, put_strategy, activate_strategy";
+
+fn string_field(
+    obj: &serde_json::Map<String, Value>,
+    at: &str,
+    key: &str,
+) -> Result<String, ApiError> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(invalid(format!("{at}.{key}: must be a string"))),
+        None => Err(invalid(format!("{at}.{key}: required"))),
+    }
+}
+
+fn id_field(obj: &serde_json::Map<String, Value>, at: &str, key: &str) -> Result<String, ApiError> {
+    let id = string_field(obj, at, key)?;
+    if !crate::model::valid_id(&id) {
+        return Err(invalid(format!(
+            "{at}.{key}: must match [A-Za-z0-9._-]{{1,64}}, got {:?}",
+            crate::model::truncate(&id)
+        )));
+    }
+    Ok(id)
+}
+
+/// A body part checked against its schema in the served document (so the
+/// message names the field), then parsed.
+fn object<T: ParseFromJSON>(value: &Value, schema: &str, at: &str) -> Result<T, ApiError> {
+    super::validate::value(value, schema, at).map_err(invalid)?;
+    T::parse_from_json(Some(value.clone()))
+        .map_err(|_| invalid(format!("{at}: does not match the {schema} schema")))
+}
+
+/// One change object, checked as the real endpoint checks its request.
+fn parse_change(i: usize, value: Value) -> Result<Change, ApiError> {
+    let at = format!("changes[{i}]");
+    let Value::Object(obj) = value else {
+        return Err(invalid(format!("{at}: must be a JSON object")));
+    };
+    let op = match obj.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(_) => return Err(invalid(format!("{at}.op: must be one of {OPS}"))),
+        None => return Err(invalid(format!("{at}.op: required (one of {OPS})"))),
+    };
+    let fields: &[&str] = match op.as_str() {
+        "put_node" => &["node"],
+        "patch_node" => &["id", "patch"],
+        "delete_node" => &["id"],
+        "set_health" => &["id", "status"],
+        "put_strategy" => &["name", "strategy"],
+        "activate_strategy" => &["name"],
+        _ => {
+            return Err(invalid(format!(
+                "{at}.op: must be one of {OPS}, got {:?}",
+                crate::model::truncate(&op)
+            )))
+        }
+    };
+    for key in obj.keys() {
+        if key != "op" && !fields.contains(&key.as_str()) {
+            return Err(invalid(format!(
+                "{at}.{}: unknown field for {op}",
+                crate::model::field_key(key)
+            )));
+        }
+    }
+    for key in fields {
+        if !obj.contains_key(*key) {
+            return Err(invalid(format!("{at}.{key}: required")));
+        }
+    }
+    Ok(match op.as_str() {
+        "put_node" => {
+            let at = format!("{at}.node");
+            let node: NodeWrite = object(&obj["node"], "NodeCreate", &at)?;
+            let id = node
+                .id
+                .clone()
+                .ok_or_else(|| invalid(format!("{at}.id: required")))?;
+            if !crate::model::valid_id(&id) {
+                return Err(invalid(format!(
+                    "{at}.id: must match [A-Za-z0-9._-]{{1,64}}, got {:?}",
+                    crate::model::truncate(&id)
+                )));
+            }
+            let spec = node
+                .into_spec(id)
+                .map_err(|e| invalid(format!("{at}.{e}")))?;
+            Change::PutNode(spec)
+        }
+        "patch_node" => {
+            let id = id_field(&obj, &at, "id")?;
+            let patch: NodePatchDto = object(&obj["patch"], "NodePatch", &format!("{at}.patch"))?;
+            Change::PatchNode {
+                id,
+                patch: Box::new(move |spec| patch.clone().apply(spec)),
+            }
+        }
+        "delete_node" => Change::DeleteNode(id_field(&obj, &at, "id")?),
+        "set_health" => {
+            let id = id_field(&obj, &at, "id")?;
+            let healthy = match string_field(&obj, &at, "status")?.as_str() {
+                "healthy" => true,
+                "unhealthy" => false,
+                other => {
+                    return Err(invalid(format!(
+                        "{at}.status: must be one of healthy, unhealthy, got {:?}",
+                        crate::model::truncate(other)
+                    )))
+                }
+            };
+            Change::SetHealth { id, healthy }
+        }
+        "put_strategy" => {
+            let name = string_field(&obj, &at, "name")?;
+            let at = format!("{at}.strategy");
+            let strategy: StrategyWrite = object(&obj["strategy"], "StrategyWrite", &at)?;
+            if let Some(inner) = &strategy.name {
+                if *inner != name {
+                    return Err(invalid(format!(
+                        "{at}.name: {:?} differs from the change's name {:?}",
+                        crate::model::truncate(inner),
+                        crate::model::truncate(&name)
+                    )));
+                }
+            }
+            Change::PutStrategy {
+                name,
+                kind: strategy.kind,
+                params: strategy.params.unwrap_or(Value::Null),
+            }
+        }
+        _ => Change::ActivateStrategy(string_field(&obj, &at, "name")?),
+    })
+}
+
+#[OpenApi(tag = "ApiTags::Planning")]
+impl PlanApi {
+    /// How users spread over the nodes now
+    ///
+    /// Places `sample` synthetic users (uid `sim-{seed}-{i}`) with the
+    /// routing table now served and counts them per routable node. The
+    /// same query gives the same answer until the revision changes.
+    #[oai(
+        path = "/admin/routing/distribution",
+        method = "get",
+        operation_id = "get_distribution"
+    )]
+    async fn distribution(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&Arc<AppState>>,
+        /// Synthetic users to place, 1..=1000000.
+        sample: Query<Option<u64>>,
+        /// Seed of the synthetic uids.
+        seed: Query<Option<u64>>,
+        /// Region hint for every user.
+        region: Query<Option<String>>,
+    ) -> Result<Json<DistributionDto>, ApiError> {
+        let sample = synthetic(sample.0, seed.0, "sample")?;
+        let region = super::route::parse_region(region.0.as_deref())?.map(str::to_owned);
+        let ctl = state.ctl.clone();
+        let d = run(move || ctl.distribution(&sample, region.as_deref())).await?;
+        Ok(Json(d.into()))
+    }
+
+    /// What proposed changes would do
+    ///
+    /// Applies `changes` in order to a copy of the current nodes, strategies,
+    /// overrides and health, each checked as its real endpoint checks it (a
+    /// bad one is 400 naming `changes[i]`), builds the routing table they
+    /// would give, and compares where the sample's users go before and
+    /// after. Nothing is written: not the store, the revision, the audit
+    /// trail or the metrics. Made for real, the same changes move exactly
+    /// these users.
+    #[oai(
+        path = "/admin/routing/simulate",
+        method = "post",
+        operation_id = "simulate"
+    )]
+    async fn simulate(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&Arc<AppState>>,
+        body: Json<SimulateRequest>,
+    ) -> Result<Json<SimulationDto>, ApiError> {
+        let body = body.0;
+        let region = match &body.region {
+            Some(r) => super::route::parse_region(Some(r))?.map(str::to_owned),
+            None => None,
+        };
+        let sample = sample_of(body.sample, state.ctl.limits.max_uid_bytes)?;
+        let changes = body
+            .changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| parse_change(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ctl = state.ctl.clone();
+        let sim = run(move || {
+            let (before, after) = ctl.simulate(changes)?;
+            Ok::<_, plan::PlanError>(plan::compare(&before, &after, &sample, region.as_deref()))
+        })
+        .await?
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Json(SimulationDto {
+            sample_size: sim.sample_size,
+            moved: sim.moved,
+            moved_fraction: sim.moved_fraction,
+            before: sim.before.into(),
+            after: sim.after.into(),
+            flows: sim
+                .flows
+                .into_iter()
+                .map(|f| FlowDto {
+                    from: f.from,
+                    to: f.to,
+                    users: f.users,
+                    uids: f.uids,
+                })
+                .collect(),
+        }))
+    }
+}
