@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod candidates;
 mod cli;
 mod cluster;
 mod compat;
@@ -13,6 +14,7 @@ mod nodes;
 mod ops;
 mod overrides;
 mod pg;
+mod plan;
 mod proxy;
 mod route;
 mod spec;

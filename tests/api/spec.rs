@@ -186,6 +186,15 @@ async fn every_request_example_works_as_it_stands() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .admin_json(
+            Method::POST,
+            "/admin/routing/simulate",
+            Some(example("/admin/routing/simulate", "post")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["moved"].as_u64().unwrap() > 0, "{body}");
 }
 
 /// The fuzzer's classes of findings, one case each.

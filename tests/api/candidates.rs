@@ -1,0 +1,245 @@
+//! Candidate lists for client-side failover: `candidates=K` on `/route` and
+//! `/route/batch`, and the guarantee behind them.
+
+use std::collections::{HashMap, HashSet};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn candidates(app: &TestApp, uid: &str, k: usize) -> Value {
+    app.get_json(&format!("/route?uid={uid}&candidates={k}"))
+        .await
+}
+
+async fn nodes(app: &TestApp) {
+    for (id, region) in [
+        ("gw-1", "eu"),
+        ("gw-2", "eu"),
+        ("gw-3", "us"),
+        ("gw-4", "us"),
+        ("gw-5", "ap"),
+    ] {
+        app.add_node(
+            id,
+            json!({"region": region, "intranet": {"tcp_addr": format!("10.0.0.{}:5100", &id[3..])}}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_second_candidate_is_where_the_user_goes_when_the_first_is_gone() {
+    let app = spawn_app().await;
+    nodes(&app).await;
+    let users = uids(60);
+    let mut lists = HashMap::new();
+    for u in &users {
+        let answer = candidates(&app, u, 3).await;
+        let list = ids(&answer["candidates"]);
+        assert_eq!(list.len(), 3, "{answer}");
+        assert_eq!(list.iter().collect::<HashSet<_>>().len(), 3, "{answer}");
+        assert_eq!(
+            answer["node_id"],
+            list[0].as_str(),
+            "the first is the answer"
+        );
+        let first = &answer["candidates"][0];
+        for field in ["tcp_addr", "ws_addr", "wss_addr", "region", "node_id"] {
+            assert_eq!(first[field], answer[field], "{field}");
+        }
+        // Without candidates, the same node and no list.
+        let plain = app.get_json(&format!("/route?uid={u}")).await;
+        assert_eq!(plain["node_id"], answer["node_id"]);
+        assert!(plain.get("candidates").is_none());
+        lists.insert(u.clone(), list);
+    }
+    // Drain each user's first candidate in turn: the user lands on the
+    // second, whose list is the rest of the old one.
+    let victim = lists[&users[0]][0].clone();
+    let resp = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/nodes/{victim}"),
+            Some(json!({"state": "draining"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut checked = 0;
+    for u in &users {
+        let list = &lists[u];
+        let now = ids(&candidates(&app, u, 2).await["candidates"]);
+        if list[0] == victim {
+            assert_eq!(now, list[1..3].to_vec(), "{u}");
+            checked += 1;
+        } else {
+            assert_eq!(now[0], list[0], "{u}: not on the drained node, not moved");
+        }
+    }
+    assert!(checked > 0);
+    // A node that fails its health checks counts the same: disable the
+    // second, and users of the first two go to the third.
+    let second = lists[&users[0]][1].clone();
+    let resp = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/nodes/{second}"),
+            Some(json!({"state": "disabled"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let now = app.get_json(&format!("/route?uid={}", users[0])).await;
+    assert_eq!(now["node_id"], lists[&users[0]][2].as_str());
+}
+
+#[tokio::test]
+async fn region_candidates_follow_the_fallback_order_and_pins_come_first() {
+    let app = spawn_app().await;
+    nodes(&app).await;
+    let (status, body) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/strategies/geo",
+            Some(json!({"kind": "region", "params": {"fallback": {"eu": ["ap", "us"]}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app
+        .admin_json(
+            Method::PUT,
+            "/admin/routing",
+            Some(json!({"active_strategy": "geo"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = app
+        .get_json("/route?uid=alice&region=eu&candidates=8")
+        .await;
+    let regions: Vec<&str> = answer["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["eu", "eu", "ap", "us", "us"], "{answer}");
+    // Intranet addresses in the list too.
+    let intranet = app
+        .get_json("/route?uid=alice&region=eu&candidates=2&intranet=1")
+        .await;
+    assert!(intranet["candidates"][0]["tcp_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.0.0."));
+    // A pin leads the list.
+    std::fs::create_dir_all(app.overrides_path().parent().unwrap()).unwrap();
+    std::fs::write(app.overrides_path(), "pins:\n  alice: gw-4\n").unwrap();
+    let pinned = eventually(std::time::Duration::from_secs(15), || async {
+        app.get_json("/route?uid=alice&region=eu").await["node_id"] == "gw-4"
+    })
+    .await;
+    assert!(pinned);
+    let answer = app
+        .get_json("/route?uid=alice&region=eu&candidates=3")
+        .await;
+    let list = ids(&answer["candidates"]);
+    assert_eq!(list[0], "gw-4");
+    // The pinned node drained: the pin falls back to the strategy, and the
+    // user lands where the list said.
+    let resp = app
+        .admin(
+            Method::PATCH,
+            "/admin/nodes/gw-4",
+            Some(json!({"state": "draining"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let answer = app
+        .get_json("/route?uid=alice&region=eu&candidates=2")
+        .await;
+    assert_eq!(ids(&answer["candidates"]), list[1..]);
+}
+
+#[tokio::test]
+async fn a_batch_groups_users_by_their_whole_list() {
+    let app = spawn_app().await;
+    nodes(&app).await;
+    let users = uids(300);
+    let resp = app.batch_query("candidates=2", &json!(users)).await;
+    assert_eq!(resp.status(), 200);
+    let groups: Vec<Value> = resp.json().await.unwrap();
+    let mut seen_lists = HashSet::new();
+    let mut seen_uids = 0;
+    for g in &groups {
+        let list = ids(&g["candidates"]);
+        assert!(seen_lists.insert(list.clone()), "one group per list");
+        assert_eq!(g["node_id"], list[0].as_str(), "top level is the first");
+        assert_eq!(g["tcp_addr"], g["candidates"][0]["tcp_addr"]);
+        for u in g["uids"].as_array().unwrap() {
+            let one = candidates(&app, u.as_str().unwrap(), 2).await;
+            assert_eq!(ids(&one["candidates"]), list, "{u}");
+            seen_uids += 1;
+        }
+    }
+    assert_eq!(seen_uids, 300);
+    assert!(groups.len() > 5, "5 nodes, ordered pairs: {}", groups.len());
+    // Group order, input order and duplicates as without candidates.
+    let resp = app
+        .batch_query("candidates=1", &json!(["b", "a", "b", "c"]))
+        .await;
+    let groups: Vec<Value> = resp.json().await.unwrap();
+    let all: Vec<&str> = groups
+        .iter()
+        .flat_map(|g| g["uids"].as_array().unwrap())
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(groups[0]["uids"][0], "b");
+    let plain: Vec<Value> = app.batch(&["b", "a", "b", "c"]).await.json().await.unwrap();
+    assert_eq!(plain.len(), groups.len());
+    for (p, g) in plain.iter().zip(&groups) {
+        assert_eq!(p["uids"], g["uids"]);
+        assert_eq!(p["node_id"], g["node_id"]);
+    }
+    // K is 1..=8.
+    for bad in ["0", "9", "x", "-1", ""] {
+        let resp = app
+            .batch_query(&format!("candidates={bad}"), &json!(["a"]))
+            .await;
+        assert_eq!(resp.status(), 400, "candidates={bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("candidates: must be an integer from 1 to 8"),
+            "{body}"
+        );
+        let resp = app
+            .client
+            .get(app.url(&format!("/route?uid=a&candidates={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+    // More than there are nodes: all of them.
+    let answer = candidates(&app, "a", 8).await;
+    assert_eq!(answer["candidates"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        app.batch_query("candidates=3", &json!([]))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "[]"
+    );
+}
