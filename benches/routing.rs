@@ -1,5 +1,7 @@
 //! The routing hot path: placing one uid (hash, weighted; 10/100/1000 nodes),
-//! a whole 1,000-uid batch, and parse -> route -> group -> serialise.
+//! a whole 1,000-uid batch, and parse -> route -> group -> serialise; ranking
+//! (candidate lists, K=3) next to placement; a simulation over a million
+//! users.
 //!
 //! Each iteration routes 1,000 uids, so the time per iteration in ns divided
 //! by 1,000 is ns per uid (criterion also prints the element throughput).
@@ -10,18 +12,28 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use imroute::{
     api::uids::parse_batch,
     config::Limits,
+    control::plan::{compare, Sample},
     model::{Addrs, NodeState},
     routing::{NodeInput, StrategyInput, Table, TableInput},
 };
 use serde_json::json;
 
 fn table(kind: &str, n: usize, weight: impl Fn(usize) -> u16) -> Table {
+    table_with(kind, n, weight, |_| NodeState::Active)
+}
+
+fn table_with(
+    kind: &str,
+    n: usize,
+    weight: impl Fn(usize) -> u16,
+    state: impl Fn(usize) -> NodeState,
+) -> Table {
     let nodes: Vec<NodeInput> = (0..n)
         .map(|i| NodeInput {
             id: format!("gw-{i:04}"),
             region: Some(["eu", "us", "ap"][i % 3].into()),
             weight: weight(i),
-            state: NodeState::Active,
+            state: state(i),
             healthy: true,
             external: Addrs {
                 tcp_addr: format!("10.0.{}.{}:5100", i / 256, i % 256),
@@ -101,5 +113,60 @@ fn batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, place, batch);
+/// A user's first three candidates, next to placing the user (`place`).
+fn rank(c: &mut Criterion) {
+    let users = uids();
+    let mut group = c.benchmark_group("rank_k3");
+    group.throughput(Throughput::Elements(users.len() as u64));
+    let cases = [
+        ("hash", table("hash", 100, |_| 100)),
+        (
+            "weighted",
+            table("weighted", 100, |i| [50, 100, 100, 200][i % 4]),
+        ),
+    ];
+    let mut out = Vec::with_capacity(3);
+    for (name, t) in &cases {
+        group.bench_with_input(BenchmarkId::new(*name, 100), t, |b, t| {
+            b.iter(|| {
+                for u in &users {
+                    t.rank(black_box(u), None, 3, &mut out);
+                    black_box(&out);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// `POST /admin/routing/simulate`'s placing and counting: a million
+/// synthetic users under two tables of 100 nodes (one drained).
+fn simulate(c: &mut Criterion) {
+    let before = table("hash", 100, |_| 100);
+    let after = table_with(
+        "hash",
+        100,
+        |_| 100,
+        |i| {
+            if i == 7 {
+                NodeState::Draining
+            } else {
+                NodeState::Active
+            }
+        },
+    );
+    let sample = Sample::Synthetic {
+        count: 1_000_000,
+        seed: 1,
+    };
+    let mut group = c.benchmark_group("simulate");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1_000_000));
+    group.bench_function("1m_users_100_nodes", |b| {
+        b.iter(|| black_box(compare(&before, &after, &sample, None)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, place, batch, rank, simulate);
 criterion_main!(benches);
