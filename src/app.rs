@@ -134,6 +134,9 @@ impl Application {
                 body_budget: Arc::new(tokio::sync::Semaphore::new(crate::api::body_budget_kib(
                     config.limits.max_body_bytes,
                 ))),
+                admin_body_budget: Arc::new(tokio::sync::Semaphore::new(
+                    crate::api::body_budget_kib(config.limits.max_body_bytes),
+                )),
                 cors: crate::api::cors::Cors {
                     public: crate::api::cors::Origins::from_config(&config.cors_origins),
                     admin: crate::api::cors::Origins::from_config(&config.admin_cors_origins),

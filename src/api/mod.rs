@@ -74,6 +74,8 @@ pub struct AppState {
     /// with a body is 503 (many connections, or HTTP/2 streams, each holding
     /// a body up to the limit would otherwise add up to gigabytes).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// The same for admin bodies, which only token holders can send.
+    pub admin_body_budget: Arc<tokio::sync::Semaphore>,
     /// `trusted_proxies`: peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -233,10 +235,24 @@ fn request_id(req: &Request) -> String {
     )
 }
 
+/// Whether a Content-Type names JSON as the handlers read it (the `mime`
+/// parse, case-insensitive): `application/json` or `application/*+json`.
+pub(crate) fn is_json(content_type: &str) -> bool {
+    matches!(content_type.parse::<mime::Mime>(), Ok(m)
+        if m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")))
+}
+
 /// Reads the body into memory up to the limit (413 past it, with or without
 /// Content-Length) so no handler ever sees an oversized body, and rejects
-/// admin JSON objects with repeated keys.
-async fn limit_body(mut req: Request, max: usize, endpoint: &str) -> poem::Result<Request> {
+/// admin JSON objects with repeated keys. The bytes are charged to `budget`
+/// (in KiB) as they arrive, not as declared: a client that announces a large
+/// body and sends little holds little. Past the budget: 503.
+async fn limit_body(
+    mut req: Request,
+    max: usize,
+    endpoint: &str,
+    budget: Arc<tokio::sync::Semaphore>,
+) -> poem::Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>)> {
     let too_large = || {
         ApiError::new(
             poem::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -252,14 +268,40 @@ async fn limit_body(mut req: Request, max: usize, endpoint: &str) -> poem::Resul
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large().into());
     }
-    let bytes = req
-        .take_body()
-        .into_bytes_limit(max)
-        .await
-        .map_err(|e| match e {
-            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-            _ => ApiError::bad_request("invalid_body", "cannot read the request body"),
-        })?;
+    let busy = || {
+        let mut busy = ApiError::new(
+            poem::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many request bodies in flight; retry shortly",
+        );
+        busy.retry_after = Some(1);
+        busy
+    };
+    let mut stream = std::pin::pin!(req.take_body().into_bytes_stream());
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024) as usize);
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut charged = 0u32;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk
+            .map_err(|_| ApiError::bad_request("invalid_body", "cannot read the request body"))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large().into());
+        }
+        buf.extend_from_slice(&chunk);
+        let need = u32::try_from(buf.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        if need > charged {
+            let more = budget
+                .clone()
+                .try_acquire_many_owned(need - charged)
+                .map_err(|_| busy())?;
+            match &mut permit {
+                Some(p) => p.merge(more),
+                None => permit = Some(more),
+            }
+            charged = need;
+        }
+    }
+    let bytes = buf.freeze();
     if req.uri().path().starts_with("/admin/")
         && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     {
@@ -268,13 +310,18 @@ async fn limit_body(mut req: Request, max: usize, endpoint: &str) -> poem::Resul
         }
     }
     // A body of another type is the handler's 415, not a 400 about fields.
-    let json = req.content_type().is_some_and(|ct| ct.contains("json"));
+    let json = req.content_type().is_some_and(is_json);
     if req.uri().path().starts_with("/admin/") && json {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(
+                ApiError::bad_request("invalid_body", "body: required (a JSON object)").into(),
+            );
+        }
         validate::body(req.method().as_str(), endpoint, &bytes)
             .map_err(|msg| ApiError::bad_request("invalid_body", msg))?;
     }
     req.set_body(Body::from_bytes(bytes));
-    Ok(req)
+    Ok((req, permit))
 }
 
 /// Everything around the routes, in one layer (one future per request rather
@@ -335,31 +382,22 @@ impl<E: Endpoint> Outer<E> {
             // Held until the answer: the body lives as long as the handler.
             let mut _budget = None;
             if takes_body(req.method(), endpoint) {
-                let declared = req
-                    .headers()
-                    .get(poem::http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(self.max_body)
-                    .min(self.max_body);
-                let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-                match self.state.body_budget.clone().try_acquire_many_owned(kib) {
-                    Ok(permit) => _budget = Some(permit),
-                    Err(_) => {
-                        let mut busy = ApiError::new(
-                            poem::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "busy",
-                            "too many request bodies in flight; retry shortly",
-                        );
-                        busy.retry_after = Some(1);
-                        return Err(busy.into());
-                    }
-                }
+                // Admin bodies (heartbeats among them) come only with the
+                // token: anonymous clients cannot crowd them out.
+                let budget = if path.starts_with("/admin/") {
+                    &self.state.admin_body_budget
+                } else {
+                    &self.state.body_budget
+                };
+                let budget = budget.clone();
                 let timeout = self.state.body_timeout;
-                req = match tokio::time::timeout(timeout, limit_body(req, self.max_body, endpoint))
-                    .await
-                {
-                    Ok(read) => read?,
+                let read = limit_body(req, self.max_body, endpoint, budget);
+                req = match tokio::time::timeout(timeout, read).await {
+                    Ok(read) => {
+                        let (req, permit) = read?;
+                        _budget = permit;
+                        req
+                    }
                     Err(_) => {
                         return Ok(ApiError::new(
                             poem::http::StatusCode::REQUEST_TIMEOUT,

@@ -75,8 +75,7 @@ impl Payload for UidBatch {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
-        matches!(content_type.parse::<mime::Mime>(), Ok(m)
-            if m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")))
+        super::is_json(content_type)
     }
 
     fn schema_ref() -> MetaSchemaRef {
@@ -286,36 +285,58 @@ pub fn batch(
 /// examples and CLI bench send it): the caller's address, so one caller
 /// always gets the same node and callers spread over the nodes. Behind a
 /// trusted proxy, the right-most `X-Forwarded-For` address that is not itself
-/// a trusted proxy (the left part is the client's to write).
-fn caller_key(req: &Request, trusted: &[ipnet::IpNet]) -> String {
+/// a trusted proxy (the left part is the client's to write); an entry that
+/// is not an address (`unknown`, garbage) ends the walk there, and the
+/// nearest trusted hop's own peer is used, so a client cannot slip a key of
+/// its choice past it. The key starts with a control character, which no
+/// uid may contain: a uid can never route as a caller.
+pub(crate) fn caller_key(req: &Request, trusted: &[ipnet::IpNet]) -> String {
     let Some(peer) = req
         .remote_addr()
         .as_socket_addr()
         .map(|a| a.ip().to_canonical())
     else {
-        return "ip:unknown".to_owned();
+        return "\u{1}ip:unknown".to_owned();
     };
     let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return format!("ip:{peer}");
+    let mut client = peer;
+    if is_trusted(&peer) {
+        let entries: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for entry in entries.iter().rev() {
+            match forwarded_ip(entry) {
+                Some(ip) if is_trusted(&ip) => client = ip,
+                Some(ip) => {
+                    client = ip;
+                    break;
+                }
+                None => break,
+            }
+        }
     }
-    let forwarded: Vec<std::net::IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .collect();
-    let client = forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(forwarded.first())
-        .copied()
-        .unwrap_or(peer);
-    format!("ip:{client}")
+    format!("\u{1}ip:{client}")
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:5678`.
+fn forwarded_ip(entry: &str) -> Option<std::net::IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(addr) = entry.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip().to_canonical());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<std::net::Ipv6Addr>().ok())
+        .map(|ip| std::net::IpAddr::V6(ip).to_canonical())
 }
 
 /// `GET /route`, shared by the served fast path and the documented operation.
@@ -326,14 +347,16 @@ pub fn one(
 ) -> Result<RoutedJson<RouteAnswer>, ApiError> {
     let by_caller;
     let uid = match query.uid.as_deref() {
-        Some(uid) if !uid.is_empty() => uid,
+        Some(uid) if !uid.is_empty() => {
+            crate::overrides::model::check_uid(uid, state.ctl.limits.max_uid_bytes)
+                .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
+            uid
+        }
         _ => {
             by_caller = caller_key(req, &state.trusted_proxies);
             &by_caller
         }
     };
-    crate::overrides::model::check_uid(uid, state.ctl.limits.max_uid_bytes)
-        .map_err(|e| ApiError::bad_request("invalid_uid", e))?;
     let snap = state.ctl.snapshot();
     let region = query.region.as_deref();
     let (node, json) = match query.candidates {

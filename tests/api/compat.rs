@@ -305,3 +305,57 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_caller() {
         }
     }
 }
+
+/// The address forms load balancers write (`ip:port`, `[v6]`, `[v6]:port`)
+/// name the caller as the bare address does; an entry that is no address
+/// ends the walk, so a client cannot slip its own key past it; and the key
+/// is no uid (no uid length limit applies, `uid=ip:...` is another user).
+#[tokio::test]
+async fn forwarded_addresses_in_every_form_name_the_same_caller() {
+    let app = spawn_app_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.limits.max_uid_bytes = 16;
+    })
+    .await;
+    three_nodes(&app).await;
+    let node = |xff: String| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .get(app.url("/route"))
+                .header("x-forwarded-for", xff.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{xff}");
+            let answer: Value = resp.json().await.unwrap();
+            answer["node_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut seen = HashSet::new();
+    for i in 1..=12 {
+        let v4 = node(format!("203.0.113.{i}")).await;
+        assert_eq!(node(format!("198.51.100.1, 203.0.113.{i}:5678")).await, v4);
+        let v6 = node(format!("2001:db8:1234:5678:9abc:def0:1234:{i}")).await;
+        assert_eq!(
+            node(format!("[2001:db8:1234:5678:9abc:def0:1234:{i}]")).await,
+            v6
+        );
+        assert_eq!(
+            node(format!("[2001:db8:1234:5678:9abc:def0:1234:{i}]:443")).await,
+            v6
+        );
+        seen.insert(v4);
+        seen.insert(v6);
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+    // Garbage on the right: the balancer's own peer, whatever is on the left.
+    let peer = app.get_json("/route").await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=12 {
+        assert_eq!(node(format!("203.0.113.{i}, unknown")).await, peer);
+    }
+}

@@ -652,42 +652,73 @@ async fn the_admin_api_can_have_its_own_listener_and_allowlist() {
 }
 
 /// Connections (or HTTP/2 streams) that each hold a body up to the limit add
-/// up: past the body budget a request with a body is 503 at once.
+/// up: past the body budget a request with a body is 503 at once. Bytes are
+/// charged as they arrive: announcing a large body and sending little holds
+/// little. Admin bodies have their own budget.
 #[tokio::test]
 async fn buffered_bodies_share_one_budget() {
-    let max = 32 * 1024 * 1024;
+    let max = 16 * 1024 * 1024;
     let app = spawn_app_with(|c| {
         c.limits.max_body_bytes = max;
-        c.limits.body_timeout_ms = 5000;
+        c.limits.body_timeout_ms = 20_000;
     })
     .await;
-    let budget = imroute::api::body_budget_kib(max) * 1024;
-    let fits = budget / max;
+    app.add_node("gw-1", serde_json::json!({})).await;
     let head = format!(
         "POST /route/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {max}\r\n\r\n["
     );
+    // 200 announced bodies of 16 MiB, one byte each: 3.2 GB announced.
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    let batch_ok = eventually(Duration::from_secs(5), || async {
+        app.batch(&["a", "b"]).await.status() == 200
+    })
+    .await;
+    assert!(batch_ok, "announced bodies hold nothing");
+    drop(stalled);
+    // Bodies really sent, past the budget.
+    // Each holds `[` and max - 2 spaces: max - 1 bytes, 16 MiB of budget.
+    let budget = imroute::api::body_budget_kib(max) * 1024;
+    let fits = budget / max;
+    let chunk = vec![b' '; max - 2];
     let mut held = Vec::new();
     for _ in 0..fits {
         let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&chunk).await.unwrap();
         held.push(s);
     }
-    // Let the server take them all in.
-    let taken = eventually(Duration::from_secs(5), || async {
-        let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        read_head(&mut s, Duration::from_millis(500))
-            .await
-            .is_some_and(|h| h.starts_with("HTTP/1.1 503"))
+    let refused = eventually(Duration::from_secs(10), || async {
+        app.batch(&["a"]).await.status() == 503
     })
     .await;
     assert!(
-        taken,
+        refused,
         "past {fits} bodies of {max} bytes, a body is refused"
     );
-    // Small requests without bodies go on.
+    for _ in 0..5 {
+        assert_eq!(app.batch(&["a"]).await.status(), 503, "while they are held");
+    }
+    // Heartbeats and other admin bodies go on, as do requests without one.
+    let resp = app
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/nodes/gw-1/heartbeat",
+            Some(serde_json::json!({"connections": 1})),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
     assert!(healthz_within(&app, Duration::from_secs(1)).await);
     drop(held);
+    let recovered = eventually(Duration::from_secs(10), || async {
+        app.batch(&["a"]).await.status() == 200
+    })
+    .await;
+    assert!(recovered);
 }
 
 #[tokio::test]

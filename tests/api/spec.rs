@@ -272,3 +272,51 @@ async fn bad_input_is_named_in_plain_words_and_checked_after_the_token() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// The checks follow the Content-Type as the handlers read it (any case,
+/// `+json`), and an empty body is named as such.
+#[tokio::test]
+async fn every_json_content_type_gets_the_same_checks() {
+    let app = spawn_app().await;
+    app.add_node("gw-1", serde_json::json!({})).await;
+    for (content_type, body, want) in [
+        (
+            "Application/JSON",
+            r#"{"connections": null}"#,
+            "connections: must not be null",
+        ),
+        (
+            "application/vnd.imroute+json",
+            r#"{"connections": null}"#,
+            "connections: must not be null",
+        ),
+        ("APPLICATION/JSON; charset=utf-8", "", "body: required"),
+        ("application/json", "  ", "body: required"),
+    ] {
+        let resp = app
+            .client
+            .put(app.url("/admin/nodes/gw-1/heartbeat"))
+            .bearer_auth(&app.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{content_type} {body:?}");
+        let answer: Value = resp.json().await.unwrap();
+        let msg = answer["msg"].as_str().unwrap();
+        assert!(msg.starts_with(want), "{content_type} {body:?}: {msg}");
+    }
+    let resp = app
+        .client
+        .patch(app.url("/admin/nodes/gw-1"))
+        .bearer_auth(&app.token)
+        .header("content-type", "Application/Json")
+        .body(r#"{"labels": {"a": 1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["msg"], "labels.a: must be a string");
+}
