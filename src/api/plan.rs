@@ -125,12 +125,19 @@ pub struct SimulateRequest {
 /// At most two plans at once: each may place two million users.
 static PLANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
-/// Runs a plan off the async workers, two at most at once.
+/// The most changes one simulation takes.
+const MAX_CHANGES: usize = 1000;
+
+/// Runs a plan off the async workers, two at most at once. The slot goes
+/// with the work: a client that gives up does not free it early.
 async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    let _permit = PLANS.acquire().await.map_err(|_| ApiError::internal())?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::internal())
+    let permit = PLANS.acquire().await.map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|_| ApiError::internal())
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -169,15 +176,17 @@ fn sample_of(dto: Option<SampleDto>, max_uid: usize) -> Result<Sample, ApiError>
         )));
     }
     let mut seen = std::collections::HashSet::with_capacity(uids.len());
-    let mut out = Vec::with_capacity(uids.len());
-    for (i, uid) in uids.into_iter().enumerate() {
-        crate::overrides::model::check_uid(&uid, max_uid)
+    let mut keep = Vec::with_capacity(uids.len());
+    for (i, uid) in uids.iter().enumerate() {
+        crate::overrides::model::check_uid(uid, max_uid)
             .map_err(|e| invalid(format!("sample.uids[{i}]: {e}")))?;
-        if seen.insert(uid.clone()) {
-            out.push(uid);
-        }
+        keep.push(seen.insert(uid.as_str()));
     }
-    Ok(Sample::Uids(out))
+    drop(seen);
+    let mut keep = keep.into_iter();
+    let mut uids = uids;
+    uids.retain(|_| keep.next().unwrap_or(false));
+    Ok(Sample::Uids(uids))
 }
 
 /// The operations a change may name.
@@ -368,24 +377,37 @@ impl PlanApi {
         body: Json<SimulateRequest>,
     ) -> Result<Json<SimulationDto>, ApiError> {
         let body = body.0;
-        let region = match &body.region {
-            Some(r) => super::route::parse_region(Some(r))?.map(str::to_owned),
-            None => None,
-        };
-        let sample = sample_of(body.sample, state.ctl.limits.max_uid_bytes)?;
-        let changes = body
-            .changes
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| parse_change(i, c))
-            .collect::<Result<Vec<_>, _>>()?;
+        if body.changes.len() > MAX_CHANGES {
+            return Err(invalid(format!(
+                "changes: at most {MAX_CHANGES} changes, got {}",
+                body.changes.len()
+            )));
+        }
+        let max_uid = state.ctl.limits.max_uid_bytes;
         let ctl = state.ctl.clone();
+        // Parsing a large sample is work too: all of it off the async workers.
         let sim = run(move || {
-            let (before, after) = ctl.simulate(changes)?;
-            Ok::<_, plan::PlanError>(plan::compare(&before, &after, &sample, region.as_deref()))
+            let region = match &body.region {
+                Some(r) => super::route::parse_region(Some(r))?.map(str::to_owned),
+                None => None,
+            };
+            let sample = sample_of(body.sample, max_uid)?;
+            let mut changes = Vec::with_capacity(body.changes.len());
+            for (i, change) in body.changes.into_iter().enumerate() {
+                match parse_change(i, change) {
+                    Ok(change) => changes.push(change),
+                    Err(e) => {
+                        // Made one by one, an earlier change that the state
+                        // refuses would stop first: name that one.
+                        ctl.simulate(changes).map_err(|e| invalid(e.to_string()))?;
+                        return Err(e);
+                    }
+                }
+            }
+            let (before, after) = ctl.simulate(changes).map_err(|e| invalid(e.to_string()))?;
+            Ok(plan::compare(&before, &after, &sample, region.as_deref()))
         })
-        .await?
-        .map_err(|e| invalid(e.to_string()))?;
+        .await??;
         Ok(Json(SimulationDto {
             sample_size: sim.sample_size,
             moved: sim.moved,

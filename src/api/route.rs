@@ -264,7 +264,17 @@ pub fn batch(
     query: &RouteQuery,
     body: &[u8],
 ) -> Result<RoutedJson<Vec<RouteGroup>>, ApiError> {
-    let uids = parse_batch(body, &state.ctl.limits)?;
+    // Each user's list repeats up to K nodes in the answer: with candidates
+    // a batch holds at most max_batch / K uids, so an answer stays within
+    // what a plain batch of max_batch uids can take.
+    let limits = match query.candidates {
+        Some(k) if k > 1 => &crate::config::Limits {
+            max_batch: (state.ctl.limits.max_batch / k).max(1),
+            ..state.ctl.limits.clone()
+        },
+        _ => &state.ctl.limits,
+    };
+    let uids = parse_batch(body, limits)?;
     let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
     let snap = state.ctl.snapshot();
     let region = query.region.as_deref();

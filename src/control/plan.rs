@@ -275,7 +275,7 @@ pub fn compare(before: &Table, after: &Table, sample: &Sample, region: Option<&s
 impl Controller {
     /// The table now served.
     pub fn distribution(&self, sample: &Sample, region: Option<&str>) -> Distribution {
-        distribute(&self.snapshot().table, sample, region)
+        distribute(&self.current().table, sample, region)
     }
 
     /// Builds the tables before and after `changes`, from one copy of the

@@ -485,7 +485,7 @@ impl Table {
     }
 
     /// The routable node a uid is pinned to.
-    #[inline]
+    #[inline(always)]
     fn pinned(&self, uid: &str, hash: hrw::UidHash) -> Option<usize> {
         let &t = self.overrides.pins.get(hash.0, uid)?;
         let i = self.pin_node[t as usize];
@@ -494,7 +494,7 @@ impl Table {
 
     /// The region the placement reads: the overrides' user region, else the
     /// request's hint (only for kinds that read one).
-    #[inline]
+    #[inline(always)]
     fn region_of<'a>(
         &'a self,
         uid: &str,
@@ -516,6 +516,7 @@ impl Table {
     /// order of preference, into `out`: the first is [`Table::route`]'s
     /// answer, and when it becomes unroutable the user is placed on the
     /// second, and so on. A pin comes first; the strategy's ranking follows.
+    /// `k` is at most [`hrw::MAX_RANK`].
     pub fn rank(&self, uid: &str, region_hint: Option<&str>, k: usize, out: &mut Vec<usize>) {
         self.rank_hashed(uid, hrw::uid_hash(uid), region_hint, k, out)
     }
@@ -528,6 +529,7 @@ impl Table {
         k: usize,
         out: &mut Vec<usize>,
     ) {
+        let k = k.min(hrw::MAX_RANK);
         let region = self.region_of(uid, hash, region_hint);
         match self.pinned(uid, hash) {
             Some(pin) if k > 0 => {
@@ -550,6 +552,7 @@ impl Table {
         intranet: bool,
         k: usize,
     ) -> Result<(usize, Vec<u8>), NoRoutableNode> {
+        let k = k.clamp(1, hrw::MAX_RANK);
         let mut ranked = Vec::with_capacity(k);
         self.rank(uid, region_hint, k, &mut ranked);
         let &first = ranked.first().ok_or(NoRoutableNode)?;
@@ -591,10 +594,10 @@ impl Table {
         if uids.is_empty() {
             return Ok(b"[]".to_vec());
         }
-        if self.nodes.is_empty() || k == 0 {
+        if self.nodes.is_empty() {
             return Err(NoRoutableNode);
         }
-        let k = k.min(hrw::MAX_RANK);
+        let k = k.clamp(1, hrw::MAX_RANK);
         const SKIP: u32 = u32::MAX;
         type Key = [u32; hrw::MAX_RANK];
         let mut group_of: HashMap<Key, u32> = HashMap::new();

@@ -674,6 +674,7 @@ struct Cluster {
     kind: &'static str,
     params: Value,
     pins: BTreeMap<String, String>,
+    user_regions: BTreeMap<String, String>,
 }
 
 impl Cluster {
@@ -686,7 +687,7 @@ impl Cluster {
                 params: self.params.clone(),
             },
             &self.pins,
-            &BTreeMap::new(),
+            &self.user_regions,
         ))
     }
 }
@@ -716,9 +717,14 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         prop::sample::select(vec!["hash", "weighted", "region"]),
         region_params,
         prop::collection::vec((0u32..40, any::<prop::sample::Index>()), 0..6),
+        prop::collection::btree_map(
+            (0u32..40).prop_map(|u| format!("r{u}")),
+            prop::sample::select(&REGIONS[..]).prop_map(str::to_owned),
+            0..10,
+        ),
     )
         .prop_map(
-            |(nodes, kind, (default_region, fallback, weighted), pins)| {
+            |(nodes, kind, (default_region, fallback, weighted), pins, user_regions)| {
                 let nodes: Vec<NodeInput> = nodes
                     .into_iter()
                     .map(|(id, (weight, region))| NodeInput {
@@ -741,6 +747,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
                     kind,
                     params,
                     pins,
+                    user_regions,
                 }
             },
         )
@@ -849,4 +856,49 @@ fn top_k_agrees_with_a_full_sort_and_with_argmax() {
     let mut best = Vec::new();
     hrw::top_k(hrw::UidHash(9), &[5, 5, 5], 2, &mut best);
     assert_eq!(best.iter().map(|b| b.1).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+/// Twins (ids sharing a 32-bit seed) keep the failover guarantee for every
+/// way a node stops being routable short of deletion: their seeds are
+/// chosen among all known nodes, whatever their state or health.
+#[test]
+fn twins_keep_the_failover_guarantee() {
+    for kind in ["hash", "weighted", "region"] {
+        let mut nodes: Vec<NodeInput> = (0..6).map(|i| node(&format!("gw-{i}"), 10 + i)).collect();
+        nodes.push(node("gw-27287", 30));
+        nodes.push(node("gw-84159", 40));
+        let c = Cluster {
+            nodes,
+            kind,
+            params: json!({}),
+            pins: BTreeMap::new(),
+            user_regions: BTreeMap::new(),
+        };
+        let t = c.table();
+        let mut ranked = Vec::new();
+        let mut checked = 0;
+        for u in 0..2000 {
+            let uid = format!("t{u}");
+            t.rank(&uid, None, 3, &mut ranked);
+            let ids: Vec<String> = ranked
+                .iter()
+                .map(|&i| t.nodes()[i].id.to_string())
+                .collect();
+            if ids[0] != "gw-27287" && ids[0] != "gw-84159" {
+                continue;
+            }
+            checked += 1;
+            for how in [Removal::Drain, Removal::Unhealthy, Removal::WeightZero] {
+                let mut after = c.clone();
+                remove(&mut after, &ids[0], how);
+                let t2 = after.table();
+                assert_eq!(
+                    t2.nodes()[t2.route(&uid, None).unwrap()].id.as_ref(),
+                    ids[1],
+                    "{kind} {how:?} {uid}"
+                );
+            }
+        }
+        assert!(checked > 100, "{kind}: {checked}");
+    }
 }

@@ -86,6 +86,13 @@ impl Placement for WeightedPlacement {
         let mut raw = Vec::with_capacity(k + 1);
         for group in self.groups.iter().rev() {
             hrw::top_k(uid, &group.seeds, k, &mut raw);
+            // As in `place`: the group's best raw score bounds its weighted
+            // scores from above; below the k-th best so far, none can enter.
+            if let (Some(&(top, _)), true) = (raw.first(), best.len() == k) {
+                if group.weight / (1.0 - hrw::unit_interval(top)) < best[k - 1].0 {
+                    continue;
+                }
+            }
             for &(r, i) in &raw {
                 let score = hrw::weighted_score(group.weight, r);
                 let index = group.index[i as usize];

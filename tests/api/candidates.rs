@@ -86,8 +86,8 @@ async fn the_second_candidate_is_where_the_user_goes_when_the_first_is_gone() {
         }
     }
     assert!(checked > 0);
-    // A node that fails its health checks counts the same: disable the
-    // second, and users of the first two go to the third.
+    // Disabled counts the same: disable the second too, and the user goes
+    // to the third.
     let second = lists[&users[0]][1].clone();
     let resp = app
         .admin(
@@ -241,5 +241,89 @@ async fn a_batch_groups_users_by_their_whole_list() {
             .await
             .unwrap(),
         "[]"
+    );
+}
+
+/// A node that falls silent (health, not an admin's state change) sends
+/// its users to their second candidate.
+#[tokio::test]
+async fn a_silent_node_sends_its_users_to_their_second_candidate() {
+    let app = spawn_app_with(|c| c.health.heartbeat_ttl_secs = 1).await;
+    nodes(&app).await;
+    let users = uids(100);
+    let mut lists = HashMap::new();
+    for u in &users {
+        lists.insert(u.clone(), ids(&candidates(&app, u, 2).await["candidates"]));
+    }
+    let victim = lists[&users[0]][0].clone();
+    let beat = |id: String| {
+        let app = &app;
+        async move {
+            app.admin(
+                Method::PUT,
+                &format!("/admin/nodes/{id}/heartbeat"),
+                Some(json!({"connections": 1})),
+            )
+            .await
+            .status()
+        }
+    };
+    assert_eq!(beat(victim.clone()).await, 204);
+    let revision = app
+        .client
+        .get(app.url("/route?uid=x"))
+        .send()
+        .await
+        .unwrap()
+        .headers()["x-routing-revision"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let moved = eventually(std::time::Duration::from_secs(15), || async {
+        let resp = app
+            .client
+            .get(app.url("/route?uid=x"))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["x-routing-revision"].to_str().unwrap() != revision
+    })
+    .await;
+    assert!(moved, "{victim} never expired");
+    for u in &users {
+        let now = app.get_json(&format!("/route?uid={u}")).await;
+        let list = &lists[u];
+        let want = if list[0] == victim {
+            &list[1]
+        } else {
+            &list[0]
+        };
+        assert_eq!(now["node_id"], want.as_str(), "{u}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_candidates_holds_max_batch_over_k_uids() {
+    let app = spawn_app_with(|c| c.limits.max_batch = 100).await;
+    nodes(&app).await;
+    let users = uids(26);
+    assert_eq!(
+        app.batch_query("candidates=4", &json!(users[..25]))
+            .await
+            .status(),
+        200
+    );
+    let resp = app.batch_query("candidates=4", &json!(users)).await;
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["msg"].as_str().unwrap().contains("more than 25"),
+        "{body}"
+    );
+    assert_eq!(
+        app.batch_query("candidates=1", &json!(uids(100)))
+            .await
+            .status(),
+        200
     );
 }

@@ -123,8 +123,13 @@ where
     assert_eq!(sim["before"]["revision"], rev_before.as_str());
     assert_eq!(users_of(&sim["before"]), per_node(&before));
     apply().await;
+    // A health verdict is recorded before the table it changes is served.
+    let served = eventually(Duration::from_secs(10), || async {
+        routed(app, users).await.1 != rev_before
+    })
+    .await;
+    assert!(served, "{changes}: the change was made");
     let (after, rev_after) = routed(app, users).await;
-    assert_ne!(rev_after, rev_before, "{changes}: the change was made");
     assert_eq!(
         sim["after"]["revision"],
         rev_after.as_str(),
@@ -619,5 +624,39 @@ async fn a_change_that_leaves_no_node_shows_users_going_nowhere() {
     assert_eq!(
         sim["flows"],
         json!([{"from": "only", "to": null, "users": 100}])
+    );
+}
+
+/// Made one by one, the first change the state refuses stops the rest: a
+/// simulation names that one, even when a later one is malformed. And a
+/// plan is bounded.
+#[tokio::test]
+async fn the_first_refused_change_is_named_and_plans_are_bounded() {
+    let app = spawn_app().await;
+    five_nodes(&app).await;
+    let (status, body) = simulate(
+        &app,
+        json!({"changes": [
+            {"op": "delete_node", "id": "nope"},
+            {"op": "patch_node", "id": "gw-1", "patch": {"weight": "x"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["msg"].as_str().unwrap().starts_with("changes[0].id"),
+        "{body}"
+    );
+    let many: Vec<Value> = (0..1001)
+        .map(|_| json!({"op": "set_health", "id": "gw-1", "status": "healthy"}))
+        .collect();
+    let (status, body) = simulate(&app, json!({ "changes": many })).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("changes: at most 1000"),
+        "{body}"
     );
 }
