@@ -270,7 +270,7 @@ pub fn batch(
     let limits = match query.candidates {
         Some(k) if k > 1 => &crate::config::Limits {
             max_batch: (state.ctl.limits.max_batch / k).max(1),
-            ..state.ctl.limits.clone()
+            ..state.ctl.limits
         },
         _ => &state.ctl.limits,
     };
