@@ -47,8 +47,7 @@ impl HashPlacement {
 
 impl Placement for HashPlacement {
     fn rank(&self, uid: hrw::UidHash, _region: Option<&str>, k: usize, out: &mut Vec<usize>) {
-        let mut best = Vec::with_capacity(k.min(self.seeds.len()) + 1);
-        hrw::top_k(uid, &self.seeds, k, &mut best);
+        let best = hrw::top_k(uid, &self.seeds, k);
         out.clear();
         out.extend(best.iter().map(|&(_, i)| i as usize));
     }

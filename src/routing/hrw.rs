@@ -213,65 +213,135 @@ pub fn argmax_portable(uid: UidHash, seeds: &[u32]) -> Option<(usize, u32)> {
 /// Most candidate lists a caller may ask for (`candidates=K`).
 pub const MAX_RANK: usize = 8;
 
-/// Inserts `(score, index)` into `best` (ordered by score, highest first;
-/// equal scores by index, lowest first, since indexes arrive ascending) and
-/// keeps at most `k` entries.
-#[inline(always)]
-fn insert_ranked(best: &mut Vec<(u32, u32)>, k: usize, score: u32, index: u32) {
-    let at = best.partition_point(|&(s, _)| s >= score);
-    if at < k {
-        if best.len() == k {
-            best.pop();
+/// The k best `(score, index)` pairs of a ranking, highest score first
+/// (equal scores by index, lowest first), on the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct TopK {
+    len: usize,
+    items: [(u32, u32); MAX_RANK],
+}
+
+impl TopK {
+    fn new() -> Self {
+        TopK {
+            len: 0,
+            items: [(0, 0); MAX_RANK],
         }
-        best.insert(at, (score, index));
+    }
+
+    /// Inserts `(score, index)` in order (indexes arrive ascending, so an
+    /// equal score goes after) and keeps at most `k` entries.
+    #[inline(always)]
+    fn insert(&mut self, k: usize, score: u32, index: u32) {
+        let at = self.items[..self.len].partition_point(|&(s, _)| s >= score);
+        if at < k {
+            let end = self.len.min(k - 1);
+            self.items.copy_within(at..end, at + 1);
+            self.items[at] = (score, index);
+            self.len = (self.len + 1).min(k);
+        }
+    }
+
+    /// The k-th best score, once there are k.
+    #[inline(always)]
+    fn floor(&self, k: usize) -> Option<u32> {
+        (self.len == k).then(|| self.items[k - 1].0)
     }
 }
 
-/// The portable body of [`top_k`]; compiled once per instruction set.
+impl std::ops::Deref for TopK {
+    type Target = [(u32, u32)];
+    fn deref(&self) -> &[(u32, u32)] {
+        &self.items[..self.len]
+    }
+}
+
+/// The portable body of [`top_k`] for one K; compiled once per instruction
+/// set.
+///
+/// Per block of 64 nodes: the scores in one vectorised pass (as in
+/// [`argmax`]), then up to K vectorised maximum searches, each taking the
+/// best remaining score (its first position: the lowest index) and blanking
+/// it; a block whose best is not above the K-th best so far is done. (A
+/// single-pass lane network with an exact threshold was tried: slower.)
 #[inline(always)]
-fn top_k_body(uid: u32, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
-    best.clear();
+fn top_k_body<const K: usize>(uid: u32, seeds: &[u32]) -> TopK {
+    let mut best = TopK::new();
     for (b, block) in seeds.chunks(BLOCK).enumerate() {
         let mut buf = [0u32; BLOCK];
         let buf = &mut buf[..block.len()];
         for (out, &seed) in buf.iter_mut().zip(block) {
             *out = score(uid, seed);
         }
-        for (i, &s) in buf.iter().enumerate() {
-            // Below the k-th best so far (the common case once the list is
-            // full): one comparison.
-            if best.len() == k && best[k - 1].0 >= s {
-                continue;
+        let base = b * BLOCK;
+        let mut taken = [usize::MAX; K];
+        let mut passes = 0;
+        while passes < K.min(buf.len()) {
+            let top = buf.iter().copied().fold(0, u32::max);
+            // Not above the K-th best: neither is anything left here (an
+            // equal score here has a higher index, so it ranks after).
+            if best.floor(K).is_some_and(|floor| floor >= top) {
+                break;
             }
-            insert_ranked(best, k, s, (b * BLOCK + i) as u32);
+            if top == 0 {
+                // Only zeros left, real ones among blanked ones: take the
+                // real ones in index order (2^-32 per score).
+                for (i, &s) in buf.iter().enumerate() {
+                    if s == 0 && !taken[..passes].contains(&i) {
+                        best.insert(K, 0, (base + i) as u32);
+                    }
+                }
+                break;
+            }
+            let i = buf.iter().position(|&s| s == top).unwrap_or(0);
+            best.insert(K, top, (base + i) as u32);
+            buf[i] = 0;
+            taken[passes] = i;
+            passes += 1;
         }
+    }
+    best
+}
+
+/// [`top_k_body`] for a K known at run time.
+#[inline(always)]
+fn top_k_any(uid: u32, seeds: &[u32], k: usize) -> TopK {
+    match k {
+        1 => top_k_body::<1>(uid, seeds),
+        2 => top_k_body::<2>(uid, seeds),
+        3 => top_k_body::<3>(uid, seeds),
+        4 => top_k_body::<4>(uid, seeds),
+        5 => top_k_body::<5>(uid, seeds),
+        6 => top_k_body::<6>(uid, seeds),
+        7 => top_k_body::<7>(uid, seeds),
+        _ => top_k_body::<8>(uid, seeds),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn top_k_avx2(uid: u32, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
-    top_k_body(uid, seeds, k, best)
+fn top_k_avx2(uid: u32, seeds: &[u32], k: usize) -> TopK {
+    top_k_any(uid, seeds, k)
 }
 
-/// The `k` highest scores among `seeds` with their indexes, highest first;
-/// equal scores in index order. The first is [`argmax`]'s answer, and without
-/// it the second would be: rendezvous scores of one node do not depend on
-/// the others. One pass, O(N + k) per uid for the usual case.
+/// The `k` (at most [`MAX_RANK`]) highest scores among `seeds` with their
+/// indexes, highest first; equal scores in index order. The first is
+/// [`argmax`]'s answer, and without it the second would be: rendezvous
+/// scores of one node do not depend on the others.
 #[inline]
-pub fn top_k(uid: UidHash, seeds: &[u32], k: usize, best: &mut Vec<(u32, u32)>) {
+pub fn top_k(uid: UidHash, seeds: &[u32], k: usize) -> TopK {
+    let k = k.min(MAX_RANK);
     if k == 0 {
-        best.clear();
-        return;
+        return TopK::new();
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { top_k_avx2(uid.key32(), seeds, k, best) };
+            return unsafe { top_k_avx2(uid.key32(), seeds, k) };
         }
     }
-    top_k_body(uid.key32(), seeds, k, best)
+    top_k_any(uid.key32(), seeds, k)
 }
 
 /// Maps a score to a uniform draw in the open interval (0, 1).

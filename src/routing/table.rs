@@ -647,6 +647,7 @@ impl Table {
 
     /// Passes 2 and 3 of a batch: a counting sort of uid positions by group
     /// (input order kept), then `[{"uids":[...],` + `tail(group)` per group.
+    #[inline(always)]
     fn write_groups(
         &self,
         uids: &[&str],

@@ -844,18 +844,38 @@ fn top_k_agrees_with_a_full_sort_and_with_argmax() {
                 .map(|(i, &s)| (hrw::score(uid.key32(), s), i as u32))
                 .collect();
             all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut best = Vec::new();
             for k in [1usize, 3, 8] {
-                hrw::top_k(uid, &seeds, k, &mut best);
+                let best = hrw::top_k(uid, &seeds, k);
                 assert_eq!(&best[..], &all[..k.min(n)]);
+                assert_eq!(best[0].1 as usize, hrw::argmax(uid, &seeds).unwrap().0);
             }
-            assert_eq!(best[0].1 as usize, hrw::argmax(uid, &seeds).unwrap().0);
         }
     }
     // Equal seeds: ties in index order, as argmax breaks them.
-    let mut best = Vec::new();
-    hrw::top_k(hrw::UidHash(9), &[5, 5, 5], 2, &mut best);
+    let best = hrw::top_k(hrw::UidHash(9), &[5, 5, 5], 2);
     assert_eq!(best.iter().map(|b| b.1).collect::<Vec<_>>(), vec![0, 1]);
+    // Scores of zero (a seed equal to the uid's key scores 0) among the
+    // best: the blanking of taken scores must not hide them.
+    let uid = hrw::uid_hash("z");
+    let zero = uid.key32();
+    for n in [3usize, 10, 70] {
+        for zeros in [1usize, 2, 5] {
+            let mut seeds: Vec<u32> = (0..n).map(|i| hrw::node_seed(&format!("z{i}"))).collect();
+            for z in 0..zeros.min(n) {
+                seeds[(z * 7) % n] = zero;
+            }
+            let mut all: Vec<(u32, u32)> = seeds
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (hrw::score(uid.key32(), s), i as u32))
+                .collect();
+            all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            for k in 1..=8 {
+                let best = hrw::top_k(uid, &seeds, k);
+                assert_eq!(&best[..], &all[..k.min(n)], "n={n} zeros={zeros} k={k}");
+            }
+        }
+    }
 }
 
 /// Twins (ids sharing a 32-bit seed) keep the failover guarantee for every

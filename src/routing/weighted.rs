@@ -79,36 +79,37 @@ impl Placement for WeightedPlacement {
     /// merged by weighted score (ties to the lowest index, as in `place`).
     fn rank(&self, uid: hrw::UidHash, _region: Option<&str>, k: usize, out: &mut Vec<usize>) {
         out.clear();
+        let k = k.min(hrw::MAX_RANK);
         if k == 0 {
             return;
         }
-        let mut best: Vec<(f64, u32)> = Vec::with_capacity(k + 1);
-        let mut raw = Vec::with_capacity(k + 1);
+        let mut best = [(0f64, 0u32); hrw::MAX_RANK];
+        let mut len = 0;
         for group in self.groups.iter().rev() {
-            hrw::top_k(uid, &group.seeds, k, &mut raw);
+            let raw = hrw::top_k(uid, &group.seeds, k);
             // As in `place`: the group's best raw score bounds its weighted
             // scores from above; below the k-th best so far, none can enter.
-            if let (Some(&(top, _)), true) = (raw.first(), best.len() == k) {
+            if let (Some(&(top, _)), true) = (raw.first(), len == k) {
                 if group.weight / (1.0 - hrw::unit_interval(top)) < best[k - 1].0 {
                     continue;
                 }
             }
-            for &(r, i) in &raw {
+            for &(r, i) in raw.iter() {
                 let score = hrw::weighted_score(group.weight, r);
                 let index = group.index[i as usize];
                 let ahead = |&(s, j): &(f64, u32)| s > score || (s == score && j < index);
-                let at = best.partition_point(ahead);
+                let at = best[..len].partition_point(ahead);
                 if at >= k {
                     // The group's later entries score lower still.
                     break;
                 }
-                if best.len() == k {
-                    best.pop();
-                }
-                best.insert(at, (score, index));
+                let end = len.min(k - 1);
+                best.copy_within(at..end, at + 1);
+                best[at] = (score, index);
+                len = (len + 1).min(k);
             }
         }
-        out.extend(best.iter().map(|&(_, i)| i as usize));
+        out.extend(best[..len].iter().map(|&(_, i)| i as usize));
     }
 
     #[inline]
