@@ -472,7 +472,12 @@ fn refine_parameter(p: &mut Value, operation: &str) {
             _ => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
         },
         ("query", "uid") => json!({"type": "string"}),
-        ("query", "candidates") => json!({"type": "integer", "minimum": 1, "maximum": 8}),
+        ("query", "candidates") => {
+            json!({"type": "integer", "minimum": 1, "maximum": 8, "example": 3})
+        }
+        ("query", "sample") if operation == "get_distribution" => {
+            json!({"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 100_000, "example": 100_000})
+        }
         ("query", "sample") => {
             json!({"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 100_000})
         }
