@@ -134,6 +134,7 @@ impl Application {
                 body_budget: Arc::new(tokio::sync::Semaphore::new(crate::api::body_budget_kib(
                     config.limits.max_body_bytes,
                 ))),
+                answer_budget: Arc::new(tokio::sync::Semaphore::new(crate::api::ANSWER_BUDGET_KIB)),
                 admin_body_budget: Arc::new(tokio::sync::Semaphore::new(
                     crate::api::body_budget_kib(config.limits.max_body_bytes),
                 )),

@@ -76,9 +76,15 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// The same for admin bodies, which only token holders can send.
     pub admin_body_budget: Arc<tokio::sync::Semaphore>,
+    /// KiB of batch answers with candidates being sent at once
+    /// ([`ANSWER_BUDGET_KIB`]); past it such a batch is 503.
+    pub answer_budget: Arc<tokio::sync::Semaphore>,
     /// `trusted_proxies`: peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
+
+/// KiB of batch answers with candidates in flight at once (256 MiB).
+pub const ANSWER_BUDGET_KIB: usize = 256 * 1024;
 
 /// The budget of buffered request bodies for a body limit, in KiB.
 pub fn body_budget_kib(max_body_bytes: usize) -> usize {

@@ -1,7 +1,10 @@
 //! `/admin/routing/distribution` and `/admin/routing/simulate`: how users
 //! spread, and what proposed changes would move, with nothing written.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 
 use poem::web::Data;
 use poem_openapi::{param::Query, payload::Json, types::ParseFromJSON, Object, OpenApi};
@@ -128,16 +131,39 @@ static PLANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// The most changes one simulation takes.
 const MAX_CHANGES: usize = 1000;
 
+/// Sets its flag when dropped: the request went away.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs a plan off the async workers, two at most at once. The slot goes
-/// with the work: a client that gives up does not free it early.
-async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+/// with the work, and the work gives up soon after its client does (the
+/// flag it is handed is set when the request is dropped).
+async fn run<T: Send + 'static>(
+    f: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let _guard = StopOnDrop(stop.clone());
     let permit = PLANS.acquire().await.map_err(|_| ApiError::internal())?;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        f()
+        f(&stop)
     })
     .await
     .map_err(|_| ApiError::internal())
+}
+
+/// A plan given up on (only reachable once its client has gone).
+fn gone() -> ApiError {
+    ApiError::new(
+        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+        "cancelled",
+        "the plan was cancelled",
+    )
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -168,6 +194,9 @@ fn sample_of(dto: Option<SampleDto>, max_uid: usize) -> Result<Sample, ApiError>
         return Err(invalid(
             "sample: give either count and seed, or uids, not both",
         ));
+    }
+    if uids.is_empty() {
+        return Err(invalid("sample.uids: at least one uid"));
     }
     if uids.len() > MAX_SAMPLE {
         return Err(invalid(format!(
@@ -352,7 +381,9 @@ impl PlanApi {
         let sample = synthetic(sample.0, seed.0, "sample")?;
         let region = super::route::parse_region(region.0.as_deref())?.map(str::to_owned);
         let ctl = state.ctl.clone();
-        let d = run(move || ctl.distribution(&sample, region.as_deref())).await?;
+        let d = run(move |stop| ctl.distribution(&sample, region.as_deref(), stop))
+            .await?
+            .ok_or_else(gone)?;
         Ok(Json(d.into()))
     }
 
@@ -386,9 +417,16 @@ impl PlanApi {
         let max_uid = state.ctl.limits.max_uid_bytes;
         let ctl = state.ctl.clone();
         // Parsing a large sample is work too: all of it off the async workers.
-        let sim = run(move || {
+        let sim = run(move |stop| {
             let region = match &body.region {
-                Some(r) => super::route::parse_region(Some(r))?.map(str::to_owned),
+                Some(r) => super::route::parse_region(Some(r))
+                    .map_err(|_| {
+                        invalid(format!(
+                            "region: must match [A-Za-z0-9._-]{{1,64}}, got {:?}",
+                            crate::model::truncate(r)
+                        ))
+                    })?
+                    .map(str::to_owned),
                 None => None,
             };
             let sample = sample_of(body.sample, max_uid)?;
@@ -405,7 +443,7 @@ impl PlanApi {
                 }
             }
             let (before, after) = ctl.simulate(changes).map_err(|e| invalid(e.to_string()))?;
-            Ok(plan::compare(&before, &after, &sample, region.as_deref()))
+            plan::compare_until(&before, &after, &sample, region.as_deref(), stop).ok_or_else(gone)
         })
         .await??;
         Ok(Json(SimulationDto {

@@ -100,6 +100,9 @@ impl_apirequest_for_payload!(UidBatch);
 pub struct RoutedJson<T> {
     body: Vec<u8>,
     revision: String,
+    /// Held until the body is sent (or the connection goes): the share of
+    /// the answer budget that a large answer takes.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     _schema: std::marker::PhantomData<T>,
 }
 
@@ -108,9 +111,31 @@ impl<T> RoutedJson<T> {
         RoutedJson {
             body,
             revision: revision.to_owned(),
+            permit: None,
             _schema: std::marker::PhantomData,
         }
     }
+}
+
+/// The most bytes one answer with candidates may have: a list per user
+/// repeats up to K+1 node objects, so an answer can be hundreds of times
+/// its request.
+pub const CANDIDATES_ANSWER_MAX: usize = 4 * 1024 * 1024;
+
+/// A body sent in 64 KiB pieces, holding `permit` until the last piece has
+/// been taken by the connection (or the connection is gone).
+fn metered_body(body: Vec<u8>, permit: tokio::sync::OwnedSemaphorePermit) -> Body {
+    let state = (bytes::Bytes::from(body), permit);
+    Body::from_bytes_stream(futures_util::stream::unfold(
+        state,
+        |(mut rest, permit)| async move {
+            if rest.is_empty() {
+                return None;
+            }
+            let piece = rest.split_to(rest.len().min(64 * 1024));
+            Some((Ok::<_, std::io::Error>(piece), (rest, permit)))
+        },
+    ))
 }
 
 impl<T: Send> IntoResponse for RoutedJson<T> {
@@ -118,7 +143,10 @@ impl<T: Send> IntoResponse for RoutedJson<T> {
         let mut resp = Response::builder()
             .status(StatusCode::OK)
             .content_type("application/json")
-            .body(Body::from_vec(self.body));
+            .body(match self.permit {
+                Some(permit) => metered_body(self.body, permit),
+                None => Body::from_vec(self.body),
+            });
         if let Ok(v) = HeaderValue::from_str(&self.revision) {
             resp.headers_mut().insert("x-routing-revision", v);
         }
@@ -277,6 +305,25 @@ pub fn batch(
     let uids = parse_batch(body, limits)?;
     let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
     let snap = state.ctl.snapshot();
+    // A bound on the answer of a batch with candidates, from the longest
+    // node object: past it 413, before any routing.
+    if let Some(k) = query.candidates {
+        let text: usize = refs.iter().map(|u| u.len() + 3).sum();
+        // Per group `{"uids":[...],"candidates":[...],` (32 bytes at most)
+        // and K + 1 node objects with their commas.
+        let most = text + refs.len() * (32 + (k + 1) * (snap.table.max_node_json() + 1));
+        if most > CANDIDATES_ANSWER_MAX {
+            let per_uid = (most / refs.len().max(1)).max(1);
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "with candidates={k} this answer could reach {most} bytes, over the limit of {CANDIDATES_ANSWER_MAX}; send at most {} uids per request",
+                    CANDIDATES_ANSWER_MAX / per_uid
+                ),
+            ));
+        }
+    }
     let region = query.region.as_deref();
     let count = |node: usize, n: usize| snap.routed[node].inc_by(n as u64);
     let json = match query.candidates {
@@ -288,7 +335,27 @@ pub fn batch(
             .route_batch_candidates_json(&refs, region, query.intranet, k, count),
     }
     .map_err(|_| ApiError::no_routable_node())?;
-    Ok(RoutedJson::new(json, snap.table.revision()))
+    let mut answer = RoutedJson::new(json, snap.table.revision());
+    if query.candidates.is_some() {
+        // Answers with candidates share one budget while they are sent: a
+        // client that does not read cannot pin gigabytes.
+        let kib = u32::try_from(answer.body.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let permit = state
+            .answer_budget
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                let mut busy = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many large answers in flight; retry shortly",
+                );
+                busy.retry_after = Some(1);
+                busy
+            })?;
+        answer.permit = Some(permit);
+    }
+    Ok(answer)
 }
 
 /// The routing key of a `GET /route` without `uid` (as WuKongIM's SDK

@@ -158,9 +158,19 @@ fn check_query(param: &str, raw: &str, schema: &Value) -> Result<(), String> {
         }
     }
     if schema["type"] == "integer" {
-        let ok = raw.parse::<i64>().is_ok_and(|n| {
-            schema["minimum"].as_i64().is_none_or(|lo| n >= lo)
-                && schema["maximum"].as_i64().is_none_or(|hi| n <= hi)
+        // i128 holds every i64 and u64 parameter.
+        let ok = raw.parse::<i128>().is_ok_and(|n| {
+            let fits = if schema["format"] == "uint64" {
+                u64::try_from(n).is_ok()
+            } else {
+                i64::try_from(n).is_ok()
+            };
+            fits && schema["minimum"]
+                .as_i64()
+                .is_none_or(|lo| n >= i128::from(lo))
+                && schema["maximum"]
+                    .as_i64()
+                    .is_none_or(|hi| n <= i128::from(hi))
         });
         if !ok {
             return Err(format!(

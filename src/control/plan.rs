@@ -8,7 +8,14 @@
 //! So the same change made for real moves exactly the users, and in exactly
 //! the flows, that the simulation reported.
 
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use serde_json::Value;
 
@@ -146,13 +153,28 @@ pub struct Simulation {
 const UNROUTED: u32 = u32::MAX;
 
 /// Places every uid of the sample: the node index (or `UNROUTED`) per uid.
-fn place_all(table: &Table, sample: &Sample, region: Option<&str>) -> Vec<u32> {
+/// `None` once `stop` is set (checked every 65,536 uids): nobody waits for
+/// the answer any more.
+fn place_all(
+    table: &Table,
+    sample: &Sample,
+    region: Option<&str>,
+    stop: &AtomicBool,
+) -> Option<Vec<u32>> {
     let mut out = Vec::with_capacity(sample.len());
-    sample.for_each(|_, uid| {
+    let mut stopped = false;
+    sample.for_each(|i, uid| {
+        if stopped || (i % 65_536 == 0 && stop.load(Ordering::Relaxed)) {
+            stopped = true;
+            return;
+        }
         out.push(table.route(uid, region).map_or(UNROUTED, |i| i as u32));
     });
-    out
+    (!stopped).then_some(out)
 }
+
+/// Never set: for callers that always want the answer.
+static NEVER: AtomicBool = AtomicBool::new(false);
 
 fn distribution(table: &Table, placed: &[u32]) -> Distribution {
     let mut users = vec![0u64; table.nodes().len()];
@@ -199,15 +221,34 @@ fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-/// How `sample` spreads over `table`'s nodes.
-pub fn distribute(table: &Table, sample: &Sample, region: Option<&str>) -> Distribution {
-    distribution(table, &place_all(table, sample, region))
+/// How `sample` spreads over `table`'s nodes; `None` once `stop` is set.
+pub fn distribute(
+    table: &Table,
+    sample: &Sample,
+    region: Option<&str>,
+    stop: &AtomicBool,
+) -> Option<Distribution> {
+    Some(distribution(
+        table,
+        &place_all(table, sample, region, stop)?,
+    ))
 }
 
 /// Compares the placements of one sample under two tables.
 pub fn compare(before: &Table, after: &Table, sample: &Sample, region: Option<&str>) -> Simulation {
-    let was = place_all(before, sample, region);
-    let now = place_all(after, sample, region);
+    compare_until(before, after, sample, region, &NEVER).unwrap_or_else(|| unreachable!())
+}
+
+/// [`compare`], giving up (`None`) once `stop` is set.
+pub fn compare_until(
+    before: &Table,
+    after: &Table,
+    sample: &Sample,
+    region: Option<&str>,
+    stop: &AtomicBool,
+) -> Option<Simulation> {
+    let was = place_all(before, sample, region, stop)?;
+    let now = place_all(after, sample, region, stop)?;
     // Index in `after` of each node of `before`, matched by id (both lists
     // are in id order): a move is then an integer comparison.
     let mut same = vec![UNROUTED; before.nodes().len()];
@@ -258,7 +299,7 @@ pub fn compare(before: &Table, after: &Table, sample: &Sample, region: Option<&s
             .then_with(|| x.to.cmp(&y.to))
     });
     let total = was.len() as u64;
-    Simulation {
+    Some(Simulation {
         sample_size: total,
         moved,
         moved_fraction: if total == 0 {
@@ -269,13 +310,18 @@ pub fn compare(before: &Table, after: &Table, sample: &Sample, region: Option<&s
         before: distribution(before, &was),
         after: distribution(after, &now),
         flows,
-    }
+    })
 }
 
 impl Controller {
     /// The table now served.
-    pub fn distribution(&self, sample: &Sample, region: Option<&str>) -> Distribution {
-        distribute(&self.current().table, sample, region)
+    pub fn distribution(
+        &self,
+        sample: &Sample,
+        region: Option<&str>,
+        stop: &AtomicBool,
+    ) -> Option<Distribution> {
+        distribute(&self.current().table, sample, region, stop)
     }
 
     /// Builds the tables before and after `changes`, from one copy of the

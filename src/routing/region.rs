@@ -19,6 +19,9 @@ use super::{
 
 pub struct RegionKind;
 
+/// The most regions one fallback list may name.
+const MAX_FALLBACK: usize = 32;
+
 /// Validated params of the region kind.
 struct RegionParams {
     default_region: Option<String>,
@@ -159,7 +162,7 @@ impl StrategyKind for RegionKind {
                 "fallback": {
                     "description": "Region -> ordered regions to try when it has no routable node.",
                     "type": "object",
-                    "additionalProperties": {"type": "array", "items": region}
+                    "additionalProperties": {"type": "array", "items": region, "maxItems": MAX_FALLBACK, "uniqueItems": true}
                 },
                 "inner": {
                     "description": "How users are spread within a region.",
@@ -169,8 +172,34 @@ impl StrategyKind for RegionKind {
         })
     }
 
+    /// Beyond what `build` reads: lists short, each region once, never the
+    /// region itself (a stored strategy that predates these rules still
+    /// builds, its repeats ignored).
     fn validate(&self, params: &Value) -> Result<(), ParamsError> {
-        parse(params).map(|_| ())
+        let parsed = parse(params)?;
+        let mut keys: Vec<&String> = parsed.fallback.keys().collect();
+        keys.sort();
+        for region in keys {
+            let list = &parsed.fallback[region];
+            let field = format!("params.fallback.{}", crate::model::field_key(region));
+            if list.len() > MAX_FALLBACK {
+                return Err(ParamsError::new(
+                    field,
+                    format!("at most {MAX_FALLBACK} regions, got {}", list.len()),
+                ));
+            }
+            for (i, r) in list.iter().enumerate() {
+                if list[..i].contains(r) || r == region {
+                    return Err(ParamsError::new(
+                        format!("{field}[{i}]"),
+                        format!(
+                            "{r:?} is listed already (each region once, not the region itself)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn build(&self, params: &Value, candidates: &[Candidate<'_>]) -> Box<dyn Placement> {
@@ -194,25 +223,49 @@ impl StrategyKind for RegionKind {
                 members.entry(region).or_default().push(i);
             }
         }
-        let by_region = members
-            .into_iter()
-            .map(|(region, index)| {
-                let subset: Vec<Candidate<'_>> = index.iter().map(|&i| candidates[i]).collect();
-                let sub = SubPlacement {
-                    inner: inner(&subset),
-                    index: index.iter().map(|&i| i as u32).collect(),
-                };
-                (Box::<str>::from(region), sub)
-            })
-            .collect();
+        // Each region with routable nodes gets one placement; every region
+        // named anywhere gets its chain: itself, then its fallback regions
+        // in order, each once and only when it has nodes. Placing and
+        // ranking then cost O(regions in the chain), however long or
+        // repetitive the configured list.
+        let mut subs: Vec<SubPlacement> = Vec::new();
+        let mut sub_of: HashMap<&str, u32> = HashMap::new();
+        let mut regions: Vec<&str> = members.keys().copied().collect();
+        regions.sort_unstable();
+        for region in regions {
+            let index = &members[region];
+            let subset: Vec<Candidate<'_>> = index.iter().map(|&i| candidates[i]).collect();
+            sub_of.insert(region, subs.len() as u32);
+            subs.push(SubPlacement {
+                inner: inner(&subset),
+                index: index.iter().map(|&i| i as u32).collect(),
+            });
+        }
+        let chain_of = |region: &str| -> Box<[u32]> {
+            let fallback = params.fallback.get(region).map_or(&[][..], |l| &l[..]);
+            let mut chain: Vec<u32> = Vec::new();
+            for r in std::iter::once(region).chain(fallback.iter().map(String::as_str)) {
+                if let Some(&sub) = sub_of.get(r) {
+                    if !chain.contains(&sub) {
+                        chain.push(sub);
+                    }
+                }
+            }
+            chain.into()
+        };
+        let mut chains: HashMap<Box<str>, Box<[u32]>> = HashMap::new();
+        for region in params
+            .fallback
+            .keys()
+            .map(String::as_str)
+            .chain(sub_of.keys().copied())
+        {
+            chains.insert(region.into(), chain_of(region));
+        }
         Box::new(RegionPlacement {
-            default_region: params.default_region.map(Into::into),
-            fallback: params
-                .fallback
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into_iter().map(Into::into).collect()))
-                .collect(),
-            by_region,
+            default_region: params.default_region.clone().map(Into::into),
+            chains,
+            subs: subs.into(),
             all: inner(candidates),
         })
     }
@@ -226,15 +279,18 @@ struct SubPlacement {
 
 struct RegionPlacement {
     default_region: Option<Box<str>>,
-    fallback: HashMap<Box<str>, Box<[Box<str>]>>,
-    by_region: HashMap<Box<str>, SubPlacement>,
+    /// Region -> the placements to try in order (indexes into `subs`).
+    chains: HashMap<Box<str>, Box<[u32]>>,
+    subs: Box<[SubPlacement]>,
     all: Box<dyn Placement>,
 }
 
 impl RegionPlacement {
-    fn in_region(&self, region: &str, uid: UidHash) -> Option<usize> {
-        let sub = self.by_region.get(region)?;
-        sub.inner.place(uid, None).map(|i| sub.index[i] as usize)
+    fn chain(&self, region: Option<&str>) -> &[u32] {
+        region
+            .or(self.default_region.as_deref())
+            .and_then(|r| self.chains.get(r))
+            .map_or(&[][..], |c| &c[..])
     }
 }
 
@@ -245,22 +301,13 @@ impl Placement for RegionPlacement {
     fn rank(&self, uid: UidHash, region: Option<&str>, k: usize, out: &mut Vec<usize>) {
         out.clear();
         let mut part = Vec::with_capacity(k);
-        let mut visited: Vec<&str> = Vec::new();
-        if let Some(region) = region.or(self.default_region.as_deref()) {
-            let fallback = self.fallback.get(region).map_or(&[][..], |l| &l[..]);
-            for r in std::iter::once(region).chain(fallback.iter().map(|r| &**r)) {
-                if out.len() >= k {
-                    return;
-                }
-                if visited.contains(&r) {
-                    continue;
-                }
-                visited.push(r);
-                if let Some(sub) = self.by_region.get(r) {
-                    sub.inner.rank(uid, None, k - out.len(), &mut part);
-                    out.extend(part.iter().map(|&i| sub.index[i] as usize));
-                }
+        for &s in self.chain(region) {
+            if out.len() >= k {
+                return;
             }
+            let sub = &self.subs[s as usize];
+            sub.inner.rank(uid, None, k - out.len(), &mut part);
+            out.extend(part.iter().map(|&i| sub.index[i] as usize));
         }
         if out.len() < k {
             // At most `out.len()` of the k best of all are listed already,
@@ -278,17 +325,14 @@ impl Placement for RegionPlacement {
     }
 
     fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize> {
-        if let Some(region) = region.or(self.default_region.as_deref()) {
-            if let Some(i) = self.in_region(region, uid) {
-                return Some(i);
+        // Every region of a chain has nodes: the first one places.
+        match self.chain(region).first() {
+            Some(&s) => {
+                let sub = &self.subs[s as usize];
+                sub.inner.place(uid, None).map(|i| sub.index[i] as usize)
             }
-            if let Some(list) = self.fallback.get(region) {
-                if let Some(i) = list.iter().find_map(|r| self.in_region(r, uid)) {
-                    return Some(i);
-                }
-            }
+            None => self.all.place(uid, None),
         }
-        self.all.place(uid, None)
     }
 
     fn uses_region(&self) -> bool {

@@ -343,6 +343,8 @@ pub struct Table {
     source: Box<[u32]>,
     panic: bool,
     stats: TableStats,
+    /// The longest answer fragment of a routable node.
+    max_fragment: usize,
 }
 
 const NOT_ROUTABLE: u32 = u32::MAX;
@@ -421,7 +423,13 @@ impl Table {
             pins,
             user_regions: input.overrides.user_region_count,
         };
+        let max_fragment = routable
+            .iter()
+            .flat_map(|n| n.fragments.iter().map(|f| f.len()))
+            .max()
+            .unwrap_or(0);
         Table {
+            max_fragment,
             revision: revision_of(input, &routable, &candidates_seeds, panic),
             strategy: input.strategy.clone(),
             nodes: routable,
@@ -452,6 +460,11 @@ impl Table {
 
     pub fn stats(&self) -> TableStats {
         self.stats
+    }
+
+    /// Bytes of the longest node object in an answer (`{` and fragment).
+    pub fn max_node_json(&self) -> usize {
+        self.max_fragment + 1
     }
 
     /// The nodes users can be placed on, in node-id order.

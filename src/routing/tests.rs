@@ -922,3 +922,36 @@ fn twins_keep_the_failover_guarantee() {
         assert!(checked > 100, "{kind}: {checked}");
     }
 }
+
+/// A stored list with repeats and the region itself (accepted by older
+/// versions) places and ranks as its first occurrences say, and a long one
+/// costs no more than the regions that have nodes.
+#[test]
+fn fallback_lists_with_repeats_place_as_their_first_occurrences() {
+    let mut nodes = vec![];
+    for (id, region) in [
+        ("eu-1", "eu"),
+        ("us-1", "us"),
+        ("ap-1", "ap"),
+        ("ap-2", "ap"),
+    ] {
+        nodes.push(NodeInput {
+            region: Some(region.into()),
+            ..node(id, 100)
+        });
+    }
+    let mut long: Vec<String> = (0..5000).map(|i| format!("x{i}")).collect();
+    long.extend(["ap", "sa", "ap", "us", "sa"].map(String::from));
+    let messy = table("region", json!({"fallback": {"sa": long}}), nodes.clone());
+    let clean = table("region", json!({"fallback": {"sa": ["ap", "us"]}}), nodes);
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let started = std::time::Instant::now();
+    for u in uids(2000, "f") {
+        messy.rank(&u, Some("sa"), 4, &mut a);
+        clean.rank(&u, Some("sa"), 4, &mut b);
+        assert_eq!(a, b, "{u}");
+        assert_eq!(messy.route(&u, Some("sa")), clean.route(&u, Some("sa")));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

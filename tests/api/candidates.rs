@@ -327,3 +327,41 @@ async fn a_batch_with_candidates_holds_max_batch_over_k_uids() {
         200
     );
 }
+
+/// Lists repeat node objects: an answer that could pass 4 MiB is refused
+/// before any routing, naming how many uids fit.
+#[tokio::test]
+async fn a_batch_whose_lists_could_be_huge_is_413() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        let host = format!(
+            "{}{i}.example.com",
+            format!("{}.", "h".repeat(59)).repeat(3)
+        );
+        app.add_node(
+            &format!("gw-{i}"),
+            json!({"external": {"tcp_addr": format!("{host}:5100"),
+                   "ws_addr": format!("ws://{host}:5200"), "wss_addr": format!("wss://{host}:5300")}}),
+        )
+        .await;
+    }
+    let users = uids(1250);
+    let resp = app.batch_query("candidates=8", &json!(users)).await;
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["msg"].as_str().unwrap();
+    assert!(msg.contains("send at most"), "{msg}");
+    let fits: usize = msg
+        .rsplit("send at most ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fits > 100 && fits < 1250, "{msg}");
+    let resp = app.batch_query("candidates=8", &json!(users[..fits])).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().len() <= 4 * 1024 * 1024);
+}

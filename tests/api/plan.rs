@@ -433,6 +433,11 @@ async fn the_distribution_sums_to_the_sample_and_follows_the_served_table() {
         .get_json_admin("/admin/routing/distribution?sample=2000&seed=5")
         .await;
     assert_eq!(users_of(&d), per_node(&assigned));
+    // Seeds are any u64.
+    let big = app
+        .get_json_admin("/admin/routing/distribution?sample=10&seed=18446744073709551615")
+        .await;
+    assert_eq!(big["sample_size"], 10);
     // Defaults: 100000 users from seed 1.
     let d = app.get_json_admin("/admin/routing/distribution").await;
     assert_eq!(d["sample_size"], 100000);
@@ -574,7 +579,19 @@ async fn planning_needs_the_token_and_bad_input_is_400_naming_it() {
             json!({"changes": [], "sample": {"uids": ["ok", ""]}}),
             "sample.uids[1]",
         ),
-        (json!({"changes": [], "region": "no way"}), "region"),
+        (
+            json!({"changes": [], "region": "no way"}),
+            "region: must match",
+        ),
+        (
+            json!({"changes": [], "sample": {"uids": []}}),
+            "sample.uids: at least one",
+        ),
+        (
+            json!({"changes": [{"op": "put_strategy", "name": "r", "strategy": {"kind": "region",
+                "params": {"fallback": {"eu": ["us", "us"]}}}}]}),
+            "changes[0].strategy.params.fallback.eu[1]",
+        ),
         (json!({"sample": {"count": 5}}), "changes: required"),
         (json!({"changes": [], "extra": 1}), "extra: unknown field"),
     ] {

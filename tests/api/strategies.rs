@@ -77,6 +77,14 @@ async fn strategies_are_stored_validated_and_deleted() {
             "params.inner",
         ),
         (
+            json!({"kind": "region", "params": {"fallback": {"eu": (0..33).map(|i| format!("r{i}")).collect::<Vec<_>>()}}}),
+            "params.fallback.eu: at most 32 regions",
+        ),
+        (
+            json!({"kind": "region", "params": {"fallback": {"eu": ["us", "eu"]}}}),
+            "params.fallback.eu[1]",
+        ),
+        (
             json!({"kind": "region", "params": {"colour": "red"}}),
             "params.colour",
         ),
