@@ -138,6 +138,12 @@ async fn panic_mode_routes_over_all_active_nodes_when_none_is_healthy() {
     heartbeat(&app, "b", 1).await;
     wait_status(&app, "a", "unhealthy").await;
     wait_status(&app, "b", "unhealthy").await;
+    // The verdict is recorded before the table it changes is served.
+    let panicked = eventually(DEADLINE, || async {
+        app.admin_json(Method::GET, "/admin/routing", None).await.1["panic_mode"] == true
+    })
+    .await;
+    assert!(panicked);
     let (_, routing) = app.admin_json(Method::GET, "/admin/routing", None).await;
     assert_eq!(routing["panic_mode"], true, "{routing}");
     assert_eq!(routing["nodes_routable"], 0);
@@ -185,17 +191,27 @@ async fn tcp_probes_mark_a_closed_port_unhealthy_and_an_open_one_healthy() {
         h["reason"].as_str().unwrap().contains("tcp probe failed"),
         "{h}"
     );
-    assert!(app
-        .assignments(&uids(100))
-        .await
-        .values()
-        .all(|n| n == "up"));
+    // The verdict is recorded before the table it changes is served.
+    let moved = eventually(DEADLINE, || async {
+        app.assignments(&uids(100))
+            .await
+            .values()
+            .all(|n| n == "up")
+    })
+    .await;
+    assert!(moved, "every user goes to the node that answers");
 
     // The port comes back: healthy again after `healthy_after` successes.
     let back = tokio::net::TcpListener::bind(down_addr).await.unwrap();
     wait_status(&app, "down", "healthy").await;
-    let spread = app.assignments(&uids(100)).await;
-    assert!(spread.values().any(|n| n == "down"));
+    let spread = eventually(DEADLINE, || async {
+        app.assignments(&uids(100))
+            .await
+            .values()
+            .any(|n| n == "down")
+    })
+    .await;
+    assert!(spread, "users come back to the node");
     drop(back);
     drop(up);
 }
