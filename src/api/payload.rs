@@ -46,6 +46,95 @@ impl<T: ToJSON> IntoResponse for JsonArray<T> {
     }
 }
 
+/// A JSON answer serialised beforehand (off the async workers, for large
+/// ones), documented as `T`.
+pub struct JsonBytes<T>(pub Vec<u8>, pub std::marker::PhantomData<T>);
+
+impl<T: ToJSON> JsonBytes<T> {
+    pub fn of(value: &T) -> Self {
+        JsonBytes(
+            serde_json::to_vec(&value.to_json()).unwrap_or_default(),
+            std::marker::PhantomData,
+        )
+    }
+}
+
+impl<T: Type> Payload for JsonBytes<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Send> IntoResponse for JsonBytes<T> {
+    fn into_response(self) -> Response {
+        Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(self.0)
+    }
+}
+
+impl<T: Type + Send> poem_openapi::ApiResponse for JsonBytes<T> {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        poem_openapi::registry::MetaResponses {
+            responses: vec![poem_openapi::registry::MetaResponse {
+                description: "",
+                status: Some(200),
+                status_range: None,
+                content: vec![poem_openapi::registry::MetaMediaType {
+                    content_type: "application/json; charset=utf-8",
+                    schema: T::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// A JSON request body taken as bytes, documented as `T`: the handler
+/// parses it where it chooses (off the async workers, for large ones).
+pub struct RawJson<T>(pub bytes::Bytes, pub std::marker::PhantomData<T>);
+
+impl<T: Type> Payload for RawJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn check_content_type(content_type: &str) -> bool {
+        super::is_json(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type> poem_openapi::payload::ParsePayload for RawJson<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(
+        _request: &poem::Request,
+        body: &mut poem::RequestBody,
+    ) -> poem::Result<Self> {
+        // The outer endpoint has read the body into memory, within limits.
+        let body = body.take()?;
+        Ok(RawJson(body.into_bytes().await?, std::marker::PhantomData))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(RawJson<T>, T: Type);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use super::{
     auth::AdminAuth,
     error::ApiError,
     nodes::{NodePatchDto, NodeWrite},
+    payload::{JsonBytes, RawJson},
     strategies::StrategyWrite,
     ApiTags, AppState,
 };
@@ -405,19 +406,40 @@ impl PlanApi {
         &self,
         _auth: AdminAuth,
         state: Data<&Arc<AppState>>,
-        body: Json<SimulateRequest>,
-    ) -> Result<Json<SimulationDto>, ApiError> {
-        let body = body.0;
-        if body.changes.len() > MAX_CHANGES {
-            return Err(invalid(format!(
-                "changes: at most {MAX_CHANGES} changes, got {}",
-                body.changes.len()
-            )));
-        }
+        body: RawJson<SimulateRequest>,
+    ) -> Result<JsonBytes<SimulationDto>, ApiError> {
         let max_uid = state.ctl.limits.max_uid_bytes;
         let ctl = state.ctl.clone();
-        // Parsing a large sample is work too: all of it off the async workers.
-        let sim = run(move |stop| {
+        // Parsing a large sample and writing a large answer are work too:
+        // all of it off the async workers.
+        run(move |stop| {
+            let body: Value = serde_json::from_slice(&body.0)
+                .map_err(|_| ApiError::bad_request("invalid_body", "body: not valid JSON"))?;
+            let body = SimulateRequest::parse_from_json(Some(body)).map_err(|_| {
+                ApiError::bad_request("invalid_body", "body: not a SimulateRequest")
+            })?;
+            if body.changes.len() > MAX_CHANGES {
+                return Err(invalid(format!(
+                    "changes: at most {MAX_CHANGES} changes, got {}",
+                    body.changes.len()
+                )));
+            }
+            let sim = simulate_parsed(&ctl, body, max_uid, stop)?;
+            Ok(JsonBytes::of(&sim))
+        })
+        .await?
+    }
+}
+
+/// The body of `simulate`, parsed, on a blocking thread.
+fn simulate_parsed(
+    ctl: &crate::control::Controller,
+    body: SimulateRequest,
+    max_uid: usize,
+    stop: &AtomicBool,
+) -> Result<SimulationDto, ApiError> {
+    {
+        let sim = (|| {
             let region = match &body.region {
                 Some(r) => super::route::parse_region(Some(r))
                     .map_err(|_| {
@@ -444,9 +466,8 @@ impl PlanApi {
             }
             let (before, after) = ctl.simulate(changes).map_err(|e| invalid(e.to_string()))?;
             plan::compare_until(&before, &after, &sample, region.as_deref(), stop).ok_or_else(gone)
-        })
-        .await??;
-        Ok(Json(SimulationDto {
+        })()?;
+        Ok(SimulationDto {
             sample_size: sim.sample_size,
             moved: sim.moved,
             moved_fraction: sim.moved_fraction,
@@ -462,6 +483,6 @@ impl PlanApi {
                     uids: f.uids,
                 })
                 .collect(),
-        }))
+        })
     }
 }
