@@ -140,6 +140,7 @@ fn metered_body(body: Vec<u8>, permit: tokio::sync::OwnedSemaphorePermit) -> Bod
 
 impl<T: Send> IntoResponse for RoutedJson<T> {
     fn into_response(self) -> Response {
+        let len = self.body.len();
         let mut resp = Response::builder()
             .status(StatusCode::OK)
             .content_type("application/json")
@@ -147,6 +148,9 @@ impl<T: Send> IntoResponse for RoutedJson<T> {
                 Some(permit) => metered_body(self.body, permit),
                 None => Body::from_vec(self.body),
             });
+        // A streamed body has no length of its own: keep the header.
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         if let Ok(v) = HeaderValue::from_str(&self.revision) {
             resp.headers_mut().insert("x-routing-revision", v);
         }
@@ -309,11 +313,18 @@ pub fn batch(
     // node object: past it 413, before any routing.
     if let Some(k) = query.candidates {
         let text: usize = refs.iter().map(|u| u.len() + 3).sum();
-        // Per group `{"uids":[...],"candidates":[...],` (32 bytes at most)
-        // and K + 1 node objects with their commas.
-        let most = text + refs.len() * (32 + (k + 1) * (snap.table.max_node_json() + 1));
+        // Groups: one per distinct list, so at most one per uid and at most
+        // the ordered choices of min(K, N) of the N routable nodes. Each
+        // holds `{"uids":[...],"candidates":[...],` (32 bytes at most) and
+        // min(K, N) + 1 node objects with their commas.
+        let n = snap.table.nodes().len();
+        let listed = k.min(n);
+        let lists = (0..listed).fold(1usize, |acc, i| acc.saturating_mul(n - i));
+        let groups = refs.len().min(lists);
+        let per_group = 32 + (listed + 1) * (snap.table.max_node_json() + 1);
+        let most = text.saturating_add(groups.saturating_mul(per_group));
         if most > CANDIDATES_ANSWER_MAX {
-            let per_uid = (most / refs.len().max(1)).max(1);
+            let per_uid = most.div_ceil(refs.len().max(1)).max(1);
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

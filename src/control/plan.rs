@@ -51,8 +51,9 @@ impl Sample {
         self.len() == 0
     }
 
-    /// Calls `f` with each uid, in order, without allocating per uid.
-    fn for_each(&self, mut f: impl FnMut(usize, &str)) {
+    /// Calls `f` with each uid, in order, without allocating per uid,
+    /// until `f` answers false.
+    fn for_each(&self, mut f: impl FnMut(usize, &str) -> bool) {
         match self {
             Sample::Synthetic { count, seed } => {
                 let mut buf = String::with_capacity(32);
@@ -61,10 +62,18 @@ impl Sample {
                 for i in 0..*count {
                     buf.truncate(prefix);
                     let _ = write!(buf, "{i}");
-                    f(i, &buf);
+                    if !f(i, &buf) {
+                        return;
+                    }
                 }
             }
-            Sample::Uids(uids) => uids.iter().enumerate().for_each(|(i, u)| f(i, u)),
+            Sample::Uids(uids) => {
+                for (i, u) in uids.iter().enumerate() {
+                    if !f(i, u) {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -164,11 +173,12 @@ fn place_all(
     let mut out = Vec::with_capacity(sample.len());
     let mut stopped = false;
     sample.for_each(|i, uid| {
-        if stopped || (i % 65_536 == 0 && stop.load(Ordering::Relaxed)) {
+        if i % 65_536 == 0 && stop.load(Ordering::Relaxed) {
             stopped = true;
-            return;
+            return false;
         }
         out.push(table.route(uid, region).map_or(UNROUTED, |i| i as u32));
+        true
     });
     (!stopped).then_some(out)
 }

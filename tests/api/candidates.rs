@@ -363,5 +363,15 @@ async fn a_batch_whose_lists_could_be_huge_is_413() {
     assert!(fits > 100 && fits < 1250, "{msg}");
     let resp = app.batch_query("candidates=8", &json!(users[..fits])).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.bytes().await.unwrap().len() <= 4 * 1024 * 1024);
+    let declared: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(declared, body.len());
+    assert!(body.len() <= 4 * 1024 * 1024);
+    // One candidate: one group per node at most, whatever the uid count.
+    let resp = app.batch_query("candidates=1", &json!(uids(10_000))).await;
+    assert_eq!(resp.status(), 200);
 }
