@@ -677,3 +677,44 @@ async fn the_first_refused_change_is_named_and_plans_are_bounded() {
         "{body}"
     );
 }
+
+/// A plan whose client has gone stops soon after: its slot (two plans run
+/// at once) is free for the next one long before the plan would have ended.
+#[tokio::test]
+async fn a_plan_whose_client_left_frees_its_slot() {
+    let app = spawn_app().await;
+    for i in 0..60 {
+        app.add_node(&format!("gw-{i}"), json!({})).await;
+    }
+    let body = json!({"changes": [{"op": "patch_node", "id": "gw-1", "patch": {"state": "draining"}}],
+                      "sample": {"count": 1000000}});
+    // How long one plan takes here.
+    let started = std::time::Instant::now();
+    let (status, _) = simulate(&app, body.clone()).await;
+    assert_eq!(status, 200);
+    let whole = started.elapsed();
+    // Two plans taking both slots, their clients gone after 100 ms.
+    for _ in 0..2 {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let sent = client
+            .post(app.url("/admin/routing/simulate"))
+            .bearer_auth(&app.token)
+            .json(&body)
+            .send()
+            .await;
+        assert!(sent.is_err(), "the client gave up");
+    }
+    let started = std::time::Instant::now();
+    let d = app
+        .get_json_admin("/admin/routing/distribution?sample=10")
+        .await;
+    assert_eq!(d["sample_size"], 10);
+    let waited = started.elapsed();
+    assert!(
+        waited < whole / 2,
+        "waited {waited:?} for a slot; a whole plan takes {whole:?}"
+    );
+}
