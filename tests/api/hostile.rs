@@ -769,3 +769,80 @@ async fn overrides_errors_quote_at_most_a_short_escaped_excerpt() {
         msg.len()
     );
 }
+
+/// Answers with candidates can be hundreds of times their request: while
+/// clients that do not read hold 256 MiB of them, the next such batch is
+/// 503 at once, plain routing goes on, and the budget comes back when the
+/// readers go.
+#[tokio::test]
+async fn unread_candidate_answers_share_one_budget() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        let host = format!(
+            "{}{i}.example.com",
+            format!("{}.", "h".repeat(59)).repeat(3)
+        );
+        app.add_node(
+            &format!("gw-{i}"),
+            json!({"external": {"tcp_addr": format!("{host}:5100"),
+                   "ws_addr": format!("ws://{host}:5200"), "wss_addr": format!("wss://{host}:5300")}}),
+        )
+        .await;
+    }
+    // A batch whose answer is close to 4 MiB.
+    let mut n = 1250;
+    let size = loop {
+        let resp = app.batch_query("candidates=8", &json!(uids(n))).await;
+        if resp.status() == 200 {
+            break resp.bytes().await.unwrap().len();
+        }
+        n -= 50;
+    };
+    let body = serde_json::to_string(&uids(n)).unwrap();
+    let request = format!(
+        "POST /route/batch?candidates=8 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Enough unread answers to take the budget, one per socket (a
+    // connection answers its requests in turn), with small receive buffers.
+    let wanted = (256 * 1024 * 1024) / size + 16;
+    let addr: std::net::SocketAddr = host_port(&app).parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..wanted {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let refused = eventually(Duration::from_secs(20), || async {
+        app.batch_query("candidates=8", &json!(uids(n)))
+            .await
+            .status()
+            == 503
+    })
+    .await;
+    assert!(
+        refused,
+        "unread answers of {size} bytes are held to a budget"
+    );
+    assert_eq!(app.batch(&["a", "b"]).await.status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/route?uid=a&candidates=3"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(held);
+    let back = eventually(Duration::from_secs(20), || async {
+        app.batch_query("candidates=8", &json!(uids(n)))
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    assert!(back, "the budget comes back when the readers go");
+}
