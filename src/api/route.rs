@@ -141,6 +141,7 @@ fn metered_body(body: Vec<u8>, permit: tokio::sync::OwnedSemaphorePermit) -> Bod
 impl<T: Send> IntoResponse for RoutedJson<T> {
     fn into_response(self) -> Response {
         let len = self.body.len();
+        let metered = self.permit.is_some();
         let mut resp = Response::builder()
             .status(StatusCode::OK)
             .content_type("application/json")
@@ -148,9 +149,11 @@ impl<T: Send> IntoResponse for RoutedJson<T> {
                 Some(permit) => metered_body(self.body, permit),
                 None => Body::from_vec(self.body),
             });
-        // A streamed body has no length of its own: keep the header.
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if metered {
+            // A streamed body has no length of its own: keep the header.
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         if let Ok(v) = HeaderValue::from_str(&self.revision) {
             resp.headers_mut().insert("x-routing-revision", v);
         }

@@ -333,18 +333,7 @@ async fn a_batch_with_candidates_holds_max_batch_over_k_uids() {
 #[tokio::test]
 async fn a_batch_whose_lists_could_be_huge_is_413() {
     let app = spawn_app().await;
-    for i in 0..20 {
-        let host = format!(
-            "{}{i}.example.com",
-            format!("{}.", "h".repeat(59)).repeat(3)
-        );
-        app.add_node(
-            &format!("gw-{i}"),
-            json!({"external": {"tcp_addr": format!("{host}:5100"),
-                   "ws_addr": format!("ws://{host}:5200"), "wss_addr": format!("wss://{host}:5300")}}),
-        )
-        .await;
-    }
+    app.add_long_address_nodes(20).await;
     let users = uids(1250);
     let resp = app.batch_query("candidates=8", &json!(users)).await;
     assert_eq!(resp.status(), 413);

@@ -194,6 +194,24 @@ impl TestApp {
         node
     }
 
+    /// Creates `n` nodes (`gw-0`...) whose three addresses are each about
+    /// 200 bytes (DNS names of 3 labels of 59): the longest answers a node
+    /// can give, short of the 300-byte limit.
+    pub async fn add_long_address_nodes(&self, n: usize) {
+        for i in 0..n {
+            let host = format!(
+                "{}{i}.example.com",
+                format!("{}.", "h".repeat(59)).repeat(3)
+            );
+            self.add_node(
+                &format!("gw-{i}"),
+                json!({"external": {"tcp_addr": format!("{host}:5100"),
+                       "ws_addr": format!("ws://{host}:5200"), "wss_addr": format!("wss://{host}:5300")}}),
+            )
+            .await;
+        }
+    }
+
     /// GET an admin path with the token and parse the JSON answer.
     pub async fn get_json_admin(&self, path: &str) -> Value {
         let (status, body) = self.admin_json(Method::GET, path, None).await;

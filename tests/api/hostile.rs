@@ -777,18 +777,7 @@ async fn overrides_errors_quote_at_most_a_short_escaped_excerpt() {
 #[tokio::test]
 async fn unread_candidate_answers_share_one_budget() {
     let app = spawn_app().await;
-    for i in 0..20 {
-        let host = format!(
-            "{}{i}.example.com",
-            format!("{}.", "h".repeat(59)).repeat(3)
-        );
-        app.add_node(
-            &format!("gw-{i}"),
-            json!({"external": {"tcp_addr": format!("{host}:5100"),
-                   "ws_addr": format!("ws://{host}:5200"), "wss_addr": format!("wss://{host}:5300")}}),
-        )
-        .await;
-    }
+    app.add_long_address_nodes(20).await;
     // A batch whose answer is close to 4 MiB.
     let mut n = 1250;
     let size = loop {
