@@ -106,6 +106,9 @@ pub struct Limits {
 pub struct HealthConfig {
     pub heartbeat_ttl_secs: u64,
     pub probe: ProbeConfig,
+    /// How often the full set of the `bounded` kind is re-evaluated from
+    /// the connections nodes report.
+    pub full_eval_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +172,7 @@ impl Default for HealthConfig {
         HealthConfig {
             heartbeat_ttl_secs: 15,
             probe: ProbeConfig::default(),
+            full_eval_interval_ms: 5000,
         }
     }
 }
@@ -378,6 +382,9 @@ impl Config {
         let h = &self.health;
         if h.heartbeat_ttl_secs == 0 {
             return Err("health.heartbeat_ttl_secs: must be at least 1".into());
+        }
+        if !(100..=60_000).contains(&h.full_eval_interval_ms) {
+            return Err("health.full_eval_interval_ms: must be between 100 and 60000".into());
         }
         let p = &h.probe;
         if p.interval_ms == 0

@@ -141,6 +141,9 @@ pub struct HealthDto {
     /// Connections reported by the last heartbeat.
     #[oai(skip_serializing_if_is_none)]
     pub connections: Option<u64>,
+    /// Over its bound of the reported connections: the `bounded` kind sends
+    /// its users to their next choice (always false with other kinds).
+    pub full: bool,
 }
 
 impl From<HealthView> for HealthDto {
@@ -154,6 +157,7 @@ impl From<HealthView> for HealthDto {
             since: h.since,
             reason: h.reason,
             connections: h.connections,
+            full: h.full,
         }
     }
 }

@@ -122,7 +122,67 @@ fn set_property(doc: &mut Value, schema: &str, property: &str, patch: Value) {
     }
 }
 
+/// The params of every installed kind, from each plugin's own JSON Schema
+/// (so the document cannot fall behind a plugin).
+fn params_description() -> String {
+    let mut out = String::from(
+        "Params of the kind; `{}` when omitted. Each installed kind's params (their JSON Schemas are served by `GET /admin/strategy-kinds`):",
+    );
+    for kind in crate::routing::BUILTIN {
+        let schema = kind.params_schema();
+        let props = schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        out.push_str(&format!("\n- `{}`: ", kind.kind()));
+        if props.is_empty() {
+            out.push_str("none.");
+            continue;
+        }
+        let fields: Vec<String> = props
+            .iter()
+            .map(|(name, p)| {
+                let mut facts = Vec::new();
+                if let Some(values) = p["enum"].as_array() {
+                    let values: Vec<String> = values
+                        .iter()
+                        .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                        .collect();
+                    facts.push(values.join(" or "));
+                } else if let Some(t) = p["type"].as_str() {
+                    facts.push(t.to_owned());
+                } else if let Some(ts) = p["type"].as_array() {
+                    let ts: Vec<&str> = ts.iter().filter_map(Value::as_str).collect();
+                    facts.push(ts.join(" or "));
+                }
+                match (p.get("minimum"), p.get("maximum")) {
+                    (Some(lo), Some(hi)) => facts.push(format!("{lo}..={hi}")),
+                    (Some(lo), None) => facts.push(format!(">= {lo}")),
+                    _ => {}
+                }
+                if let Some(d) = p.get("default") {
+                    facts.push(format!("default {d}"));
+                }
+                if facts.is_empty() {
+                    format!("`{name}`")
+                } else {
+                    format!("`{name}` ({})", facts.join(", "))
+                }
+            })
+            .collect();
+        out.push_str(&fields.join(", "));
+        out.push('.');
+    }
+    out
+}
+
 fn refine_schemas(doc: &mut Value) {
+    set_property(
+        doc,
+        "StrategyWrite",
+        "params",
+        json!({"description": params_description()}),
+    );
     let id = json!({"pattern": ID_PATTERN, "minLength": 1, "maxLength": 64});
     let weight = json!({"minimum": 0, "maximum": 65535,
         "description": "0..=65535; 0 takes no users."});
@@ -317,7 +377,8 @@ fn example(operation: &str) -> Option<Value> {
         }),
         "patch_node" => json!({"weight": 50, "state": "draining"}),
         "heartbeat" => json!({"connections": 1234}),
-        "put_strategy" => json!({"kind": "weighted", "params": {}}),
+        "put_strategy" => json!({"kind": "bounded",
+            "params": {"inner": "hash", "balance_factor": 1.25, "min_connections": 100}}),
         "put_routing" => json!({"active_strategy": "default"}),
         "simulate" => json!({
             "changes": [

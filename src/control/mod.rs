@@ -43,8 +43,8 @@ use crate::{
         TableNode,
     },
     store::{
-        now_rfc3339, Actor, AuditEntry, ReplicaInfo, SavedOverrides, Store, StoreError, Stored,
-        Written,
+        now_rfc3339, Actor, AuditEntry, FullMark, ReplicaInfo, SavedOverrides, Store, StoreError,
+        Stored, Written,
     },
 };
 
@@ -413,6 +413,18 @@ impl Inputs {
     }
 }
 
+/// What a table build reads of each node's health.
+pub(crate) struct NodeHealth<'a> {
+    pub unhealthy: &'a dyn Fn(&EffectiveNode) -> bool,
+    /// In the full set of the `bounded` kind.
+    pub full: &'a dyn Fn(&EffectiveNode) -> bool,
+}
+
+/// Per node id, the incarnation a health fact holds for.
+pub(crate) fn holds_for(map: &HashMap<String, i64>, n: &EffectiveNode) -> bool {
+    !map.is_empty() && map.get(n.spec.id.as_str()) == Some(&n.incarnation())
+}
+
 /// A table's input, with the view's parts.
 pub(crate) struct Composed {
     pub input: TableInput,
@@ -427,7 +439,7 @@ pub(crate) struct Composed {
 /// file and health: `rebuild` serves what it gives, and a simulation builds
 /// its tables with it, so a simulated change cannot route differently from
 /// the same change made for real.
-pub(crate) fn compose(parts: Parts, is_unhealthy: &dyn Fn(&EffectiveNode) -> bool) -> Composed {
+pub(crate) fn compose(parts: Parts, health: &NodeHealth<'_>) -> Composed {
     let Parts {
         nodes,
         prepared,
@@ -465,7 +477,8 @@ pub(crate) fn compose(parts: Parts, is_unhealthy: &dyn Fn(&EffectiveNode) -> boo
             .zip(prepared)
             .map(|(n, node)| TableNode {
                 node,
-                healthy: !is_unhealthy(n),
+                healthy: !(health.unhealthy)(n),
+                full: (health.full)(n),
             })
             .collect(),
         strategy,
@@ -565,6 +578,7 @@ pub struct Controller {
     pub limits: Limits,
     pub probe: ProbeConfig,
     pub poll_interval: Duration,
+    pub full_eval_interval: Duration,
     pub me: Identity,
     ready: AtomicBool,
     store_up: AtomicBool,
@@ -621,6 +635,7 @@ impl Controller {
             limits: config.limits,
             probe: config.health.probe,
             poll_interval: Duration::from_millis(config.cluster.poll_interval_ms),
+            full_eval_interval: Duration::from_millis(config.health.full_eval_interval_ms),
             me,
             ready: AtomicBool::new(false),
             store_up: AtomicBool::new(loaded),
@@ -710,16 +725,21 @@ impl Controller {
         let parts = self.lock_inputs().parts();
         let members = parts.members;
         let unhealthy = self.health.unhealthy();
-        let is_unhealthy = |n: &EffectiveNode| {
-            !unhealthy.is_empty() && unhealthy.get(n.spec.id.as_str()) == Some(&n.incarnation())
-        };
+        let full = self.health.full();
+        let is_unhealthy = |n: &EffectiveNode| holds_for(&unhealthy, n);
         let Composed {
             input,
             nodes,
             strategies,
             active,
             source,
-        } = compose(parts, &is_unhealthy);
+        } = compose(
+            parts,
+            &NodeHealth {
+                unhealthy: &is_unhealthy,
+                full: &|n| holds_for(&full, n),
+            },
+        );
         let table = Table::build(&input);
 
         let was_panic = self.snapshot.load().table.panic_mode();
@@ -1092,7 +1112,7 @@ impl Controller {
             .iter()
             .map(|r| (r.node.clone(), r.connections))
             .collect();
-        let transitions = self.health.apply(records, complete);
+        let (transitions, full_changed) = self.health.apply(records, complete);
         {
             let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
             for (node, c) in connections {
@@ -1102,6 +1122,9 @@ impl Controller {
             }
         }
         self.on_transitions(&transitions).await;
+        if full_changed && transitions.is_empty() {
+            self.rebuild_async().await;
+        }
     }
 
     async fn on_transitions(self: &Arc<Self>, transitions: &[Transition]) {
@@ -1119,6 +1142,57 @@ impl Controller {
             );
         }
         self.rebuild_async().await;
+    }
+
+    /// The changes of the full set that the served table's kind asks for,
+    /// from the connections on record: a node whose flag should differ
+    /// from its record's. Nodes that are not routable are not full; with a
+    /// kind that does not use load, nobody is.
+    pub fn evaluate_full(&self) -> Vec<FullMark> {
+        let snap = self.current();
+        let loads = self.health.loads();
+        let incarnation = |id: &str| snap.view.node(id).map(|n| n.incarnation());
+        // (connections, full) on record for the node as it exists now.
+        let on_record = |id: &str| {
+            loads
+                .get(id)
+                .filter(|(inc, _, _)| Some(*inc) == incarnation(id))
+                .map(|&(_, c, f)| (c.unwrap_or(0), f))
+        };
+        let table = &snap.table;
+        let mut wanted: HashMap<&str, bool> = HashMap::new();
+        if let Some(kind) = strategy::kind(&table.strategy().kind).filter(|k| k.uses_load()) {
+            let nodes = table.nodes();
+            let input: Vec<strategy::Load> = nodes
+                .iter()
+                .map(|n| {
+                    let (connections, full) = on_record(n.id()).unwrap_or((0, false));
+                    strategy::Load {
+                        weight: n.weight,
+                        connections,
+                        full,
+                    }
+                })
+                .collect();
+            if let Some(full) = kind.evaluate_full(&table.strategy().params, &input) {
+                for (n, f) in nodes.iter().zip(full) {
+                    if f {
+                        wanted.insert(n.id(), true);
+                    }
+                }
+            }
+        }
+        loads
+            .iter()
+            .filter_map(|(id, &(inc, _, full))| {
+                let want = wanted.get(id.as_str()).copied().unwrap_or(false);
+                (incarnation(id) == Some(inc) && full != want).then(|| FullMark {
+                    node: id.clone(),
+                    incarnation: inc,
+                    full: want,
+                })
+            })
+            .collect()
     }
 
     /// Records a heartbeat (shared with every replica through the store).

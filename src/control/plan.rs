@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{check_strategy, compose, ControlError, Controller, Inputs};
+use super::{check_strategy, compose, holds_for, ControlError, Controller, Inputs, NodeHealth};
 use crate::{
     model::{NodeRecord, NodeSpec, StrategyRecord},
     overrides::EffectiveNode,
@@ -340,10 +340,19 @@ impl Controller {
     pub fn simulate(&self, changes: Vec<Change>) -> Result<(Table, Table), PlanError> {
         let mut inputs: Inputs = self.lock_inputs().clone();
         let unhealthy = self.health.unhealthy();
-        let real_unhealthy = |n: &EffectiveNode| {
-            !unhealthy.is_empty() && unhealthy.get(n.spec.id.as_str()) == Some(&n.incarnation())
-        };
-        let before = Table::build(&compose(inputs.parts(), &real_unhealthy).input);
+        let full = self.health.full();
+        let real_unhealthy = |n: &EffectiveNode| holds_for(&unhealthy, n);
+        let is_full = |n: &EffectiveNode| holds_for(&full, n);
+        let before = Table::build(
+            &compose(
+                inputs.parts(),
+                &NodeHealth {
+                    unhealthy: &real_unhealthy,
+                    full: &is_full,
+                },
+            )
+            .input,
+        );
         // Health set by the changes, by id; a node deleted and created again
         // starts with no record, as a new incarnation does.
         let mut health: HashMap<String, bool> = HashMap::new();
@@ -366,7 +375,18 @@ impl Controller {
             Some(&healthy) => !healthy,
             None => real_unhealthy(n),
         };
-        let after = Table::build(&compose(inputs.parts(), &is_unhealthy).input);
+        // The full set stays as it is: it is re-evaluated from the loads
+        // that the nodes report after a change, which no plan can know.
+        let after = Table::build(
+            &compose(
+                inputs.parts(),
+                &NodeHealth {
+                    unhealthy: &is_unhealthy,
+                    full: &is_full,
+                },
+            )
+            .input,
+        );
         Ok((before, after))
     }
 }

@@ -42,6 +42,7 @@ pub fn spawn_all(ctl: &Arc<Controller>) -> Vec<JoinHandle<()>> {
         supervise(ctl, "expiry", |ctl| Box::pin(expiry(ctl))),
         supervise(ctl, "probes", |ctl| Box::pin(probes(ctl))),
         supervise(ctl, "registry", |ctl| Box::pin(registry(ctl))),
+        supervise(ctl, "full_set", |ctl| Box::pin(full_set(ctl))),
     ]
 }
 
@@ -310,6 +311,33 @@ async fn probes(ctl: Arc<Controller>) {
                 break;
             }
             match ctl.store_call(store.set_probe_verdicts(chunk)).await {
+                Ok(records) => ctl.apply_health(records, false).await,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Full-set changes stored per store call.
+const MARKS_PER_CALL: usize = 1000;
+
+/// The full set of a kind that uses load (`bounded`), re-evaluated every
+/// `health.full_eval_interval_ms` by the one replica holding the leader
+/// lock and stored, so every replica routes on the same set.
+async fn full_set(ctl: Arc<Controller>) {
+    let store = ctl.store().clone();
+    let mut tick = interval(ctl.full_eval_interval);
+    loop {
+        tokio::select! {
+            _ = ctl.stopped() => return,
+            _ = tick.tick() => {}
+        }
+        if !ctl.store_up() || !ctl.store_call(store.lead()).await.unwrap_or(false) {
+            continue;
+        }
+        let marks = ctl.evaluate_full();
+        for chunk in marks.chunks(MARKS_PER_CALL) {
+            match ctl.store_call(store.set_full(chunk)).await {
                 Ok(records) => ctl.apply_health(records, false).await,
                 Err(_) => break,
             }

@@ -41,6 +41,8 @@ pub struct HealthView {
     pub since: String,
     pub reason: String,
     pub connections: Option<u64>,
+    /// In the full set of the `bounded` kind.
+    pub full: bool,
 }
 
 /// A node's status from its stored facts (the status [`derive`] gives,
@@ -64,6 +66,7 @@ pub fn derive(r: &HealthRecord, ttl: Duration) -> HealthView {
         since: since.clone().unwrap_or_else(|| r.created_at.clone()),
         reason,
         connections: r.connections,
+        full: r.full,
     };
     if r.expired_at.is_some() {
         return view(
@@ -127,14 +130,15 @@ impl HealthRegistry {
 
     /// Takes in records read from or written to the store. With `complete`,
     /// records not in the batch are dropped (a full re-read). Returns the
-    /// status changes.
+    /// status changes, and whether the full set changed.
     pub fn apply(
         &self,
         records: impl IntoIterator<Item = HealthRecord>,
         complete: bool,
-    ) -> Vec<Transition> {
+    ) -> (Vec<Transition>, bool) {
         let mut map = self.lock();
         let mut out = Vec::new();
+        let mut full_changed = false;
         let mut seen = HashSet::new();
         for r in records {
             if complete {
@@ -153,6 +157,8 @@ impl HealthRegistry {
                     Status::Unknown
                 }
             });
+            let was_full = old.is_some_and(|o| o.incarnation == r.incarnation && o.full);
+            full_changed |= was_full != r.full;
             let to = derive(&r, self.ttl);
             if from != to.status {
                 out.push(Transition {
@@ -167,6 +173,7 @@ impl HealthRegistry {
         if complete {
             map.retain(|id, r| {
                 let keep = seen.contains(id);
+                full_changed |= !keep && r.full;
                 if !keep && derive(r, self.ttl).status != Status::Unknown {
                     out.push(Transition {
                         node: id.clone(),
@@ -178,7 +185,7 @@ impl HealthRegistry {
                 keep
             });
         }
-        out
+        (out, full_changed)
     }
 
     /// Health of one node incarnation; `unknown_since` is shown when nothing
@@ -192,6 +199,7 @@ impl HealthRegistry {
                 since: unknown_since.to_owned(),
                 reason: "no heartbeat or probe yet".into(),
                 connections: None,
+                full: false,
             },
         }
     }
@@ -210,6 +218,24 @@ impl HealthRegistry {
             .values()
             .filter(|r| status(r) == Status::Unhealthy)
             .map(|r| (r.node.clone(), r.incarnation))
+            .collect()
+    }
+
+    /// Full nodes as id -> incarnation, for a table build.
+    pub fn full(&self) -> HashMap<String, i64> {
+        self.lock()
+            .values()
+            .filter(|r| r.full)
+            .map(|r| (r.node.clone(), r.incarnation))
+            .collect()
+    }
+
+    /// Per node id: (incarnation, reported connections, full), for the
+    /// evaluation of the full set.
+    pub fn loads(&self) -> HashMap<String, (i64, Option<u64>, bool)> {
+        self.lock()
+            .values()
+            .map(|r| (r.node.clone(), (r.incarnation, r.connections, r.full)))
             .collect()
     }
 
@@ -287,7 +313,7 @@ mod tests {
         let mut r = record("a");
         r.expired_at = Some("2026-01-01T00:00:20.000Z".into());
         r.heartbeat_at = Some("2026-01-01T00:00:01.000Z".into());
-        let t = reg.apply([r], false);
+        let (t, _) = reg.apply([r], false);
         assert_eq!(t.len(), 1);
         assert_eq!(reg.view("a", 1, "x").status, Status::Unhealthy);
         assert_eq!(reg.view("a", 2, "x").status, Status::Unknown);
@@ -305,7 +331,7 @@ mod tests {
         expired.expired_at = Some("2026-01-01T00:00:20.000Z".into());
         expired.version = 4;
         reg.apply([healthy], false);
-        assert!(reg.apply([expired], false).is_empty());
+        assert!(reg.apply([expired], false).0.is_empty());
         assert_eq!(reg.view("a", 1, "x").status, Status::Healthy);
         // A newer incarnation wins whatever its version.
         let mut fresh = record("a");

@@ -5,6 +5,7 @@
 //! touches global state. The same inputs give the same table and the same
 //! answers on every process.
 
+pub mod bounded;
 pub mod hash;
 pub mod hrw;
 pub mod region;

@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use super::{
+    bounded::BoundedKind,
     hash::HashKind,
     hrw::{NodeSeed, UidHash},
     region::RegionKind,
@@ -26,6 +27,19 @@ pub struct Candidate<'a> {
     /// replaced by the seed to score with ([`super::hrw::effective_seeds`]):
     /// placements score `seed.primary` and need nothing else.
     pub seed: NodeSeed,
+    /// Over its bound of the reported connections (only for kinds whose
+    /// [`StrategyKind::uses_load`] is true; false for the others).
+    pub full: bool,
+}
+
+/// One routable node's load, as a full set is evaluated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub weight: u16,
+    /// Reported connections; a node that never reported counts as empty.
+    pub connections: u64,
+    /// Full at the last evaluation.
+    pub full: bool,
 }
 
 /// A built strategy: ranks the candidates for a uid.
@@ -67,6 +81,17 @@ pub trait StrategyKind: Send + Sync + 'static {
     fn params_schema(&self) -> Value;
     /// Checks params; the error names the offending field.
     fn validate(&self, params: &Value) -> Result<(), ParamsError>;
+    /// Whether placements read [`Candidate::full`]: the full set is then
+    /// part of the table's revision, and the judge keeps it up to date.
+    fn uses_load(&self) -> bool {
+        false
+    }
+    /// The full set for the next period, per routable node of `loads` (in
+    /// candidate order), for kinds that use load; `None` for the others.
+    /// Run by the one replica that judges health, never on the hot path.
+    fn evaluate_full(&self, _params: &Value, _loads: &[Load]) -> Option<Vec<bool>> {
+        None
+    }
     /// Builds the placement for one snapshot. `params` has passed `validate`.
     fn build(&self, params: &Value, candidates: &[Candidate<'_>]) -> Box<dyn Placement>;
 }
@@ -89,7 +114,7 @@ impl ParamsError {
 }
 
 /// Every installed kind. One line per kind.
-pub static BUILTIN: &[&dyn StrategyKind] = &[&HashKind, &WeightedKind, &RegionKind];
+pub static BUILTIN: &[&dyn StrategyKind] = &[&HashKind, &WeightedKind, &RegionKind, &BoundedKind];
 
 /// Looks a kind up by name.
 pub fn kind(name: &str) -> Option<&'static dyn StrategyKind> {

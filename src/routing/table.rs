@@ -167,6 +167,9 @@ pub struct TableNode {
     pub node: Arc<PreparedNode>,
     /// False while health checks say the node is down.
     pub healthy: bool,
+    /// Over its bound of the reported connections (read only by kinds that
+    /// use load, such as `bounded`).
+    pub full: bool,
 }
 
 /// Everything a table is built from.
@@ -192,6 +195,7 @@ impl TableInput {
                 .map(|n| TableNode {
                     node: Arc::new(PreparedNode::new(n)),
                     healthy: n.healthy,
+                    full: false,
                 })
                 .collect(),
             strategy,
@@ -390,10 +394,21 @@ impl Table {
                     primary: scored[i as usize],
                     ..n.seed
                 },
+                full: false,
             })
             .collect();
-        let candidates_seeds: Vec<u32> = candidates.iter().map(|c| c.seed.primary).collect();
         let kind = strategy::kind(&input.strategy.kind).unwrap_or(strategy::BUILTIN[0]);
+        // The full flags count only for kinds that read them: for the
+        // others they neither change answers nor the revision.
+        let uses_load = kind.uses_load();
+        let candidates: Vec<Candidate<'_>> = candidates
+            .into_iter()
+            .zip(&nodes)
+            .map(|(c, (_, n))| Candidate {
+                full: uses_load && n.full,
+                ..c
+            })
+            .collect();
         let placement = kind.build(&input.strategy.params, &candidates);
         let uses_region = placement.uses_region();
 
@@ -430,7 +445,7 @@ impl Table {
             .unwrap_or(0);
         Table {
             max_fragment,
-            revision: revision_of(input, &routable, &candidates_seeds, panic),
+            revision: revision_of(input, &routable, &candidates, panic),
             strategy: input.strategy.clone(),
             nodes: routable,
             placement,
@@ -817,19 +832,23 @@ fn fragment(addrs: &Addrs, id: &str, region: Option<&str>) -> Box<[u8]> {
 }
 
 /// The revision: every input routing reads, including the seed a node
-/// scores with when a twin (routable or not) makes it differ from its own.
+/// scores with when a twin (routable or not) makes it differ from its own,
+/// and the full set when the kind reads it.
 fn revision_of(
     input: &TableInput,
     routable: &[Arc<PreparedNode>],
-    scored: &[u32],
+    candidates: &[Candidate<'_>],
     panic: bool,
 ) -> String {
     let mut h = Xxh3::new();
     h.update(&(routable.len() as u64).to_le_bytes());
-    for (n, &seed) in routable.iter().zip(scored) {
+    for (n, c) in routable.iter().zip(candidates) {
         h.update(&n.digest.to_le_bytes());
-        if seed != n.seed.primary {
-            h.update(&seed.to_le_bytes());
+        if c.seed.primary != n.seed.primary {
+            h.update(&c.seed.primary.to_le_bytes());
+        }
+        if c.full {
+            h.update(b"\xfffull");
         }
     }
     serde_json::to_writer(HashWriter(&mut h), &input.strategy)

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{now_rfc3339, HealthBatch, HealthRecord, ProbeVerdict, ReplicaInfo};
+use super::{now_rfc3339, FullMark, HealthBatch, HealthRecord, ProbeVerdict, ReplicaInfo};
 
 struct Entry {
     record: HealthRecord,
@@ -148,6 +148,29 @@ impl MemoryHealth {
             r.version = changed;
             entry.changed = changed;
             out.push(r.clone());
+        }
+        out
+    }
+
+    /// Stores changes of the full set, for nodes that have a record of the
+    /// same incarnation (a node that never reported cannot be full).
+    pub fn set_full(&self, marks: &[FullMark]) -> Vec<HealthRecord> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for m in marks {
+            let next = inner.counter + 1;
+            let Some(entry) = inner
+                .entries
+                .get_mut(&m.node)
+                .filter(|e| e.record.incarnation == m.incarnation && e.record.full != m.full)
+            else {
+                continue;
+            };
+            entry.record.full = m.full;
+            entry.record.version = next;
+            entry.changed = next;
+            out.push(entry.record.clone());
+            inner.counter = next;
         }
         out
     }

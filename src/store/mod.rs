@@ -183,6 +183,9 @@ pub struct HealthRecord {
     pub probe_down: Option<bool>,
     pub probe_since: Option<String>,
     pub probe_reason: String,
+    /// Over its bound of the reported connections, as the judge last
+    /// evaluated (the `bounded` kind).
+    pub full: bool,
     pub created_at: String,
 }
 
@@ -199,6 +202,7 @@ impl HealthRecord {
             probe_down: None,
             probe_since: None,
             probe_reason: String::new(),
+            full: false,
             created_at: now,
         }
     }
@@ -222,6 +226,14 @@ pub struct ProbeVerdict {
     /// True when the probes say the node is down.
     pub down: bool,
     pub reason: String,
+}
+
+/// A node's place in the full set, as the judge evaluated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullMark {
+    pub node: String,
+    pub incarnation: i64,
+    pub full: bool,
 }
 
 /// One process serving imroute, as it reports itself.
@@ -486,6 +498,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         verdicts: &[ProbeVerdict],
     ) -> Result<Vec<HealthRecord>, StoreError>;
+
+    /// Stores changes of the full set (the `bounded` kind). Leader only.
+    /// Marks for nodes deleted (or re-created) since the evaluation are
+    /// dropped.
+    async fn set_full(&self, marks: &[FullMark]) -> Result<Vec<HealthRecord>, StoreError>;
 
     // ----- replicas -----
 

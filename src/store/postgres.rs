@@ -25,9 +25,9 @@ use sqlx::{
 
 use super::{
     audit_value, check_version, gone_node, gone_strategy, node_json, now_rfc3339, rfc3339, rows,
-    strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch, HealthRecord, Listener,
-    NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Signal, Store, StoreError, Stored,
-    Written, CHANGES_KEPT,
+    strategy_json, Actor, AuditEntry, Change, Changes, FullMark, HealthBatch, HealthRecord,
+    Listener, NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Signal, Store, StoreError,
+    Stored, Written, CHANGES_KEPT,
 };
 use crate::model::{NodeRecord, NodeSpec, StrategyRecord};
 
@@ -37,7 +37,7 @@ const NODE_COLUMNS: &str = "id, region, weight, state, ext_tcp_addr, ext_ws_addr
 const STRATEGY_COLUMNS: &str = "name, kind, params, version, created_at, updated_at, seq";
 
 const HEALTH_COLUMNS: &str = "node_id, incarnation, version, connections, heartbeat_at, \
-     heartbeat_since, expired_at, probe_down, probe_since, probe_reason, created_at";
+     heartbeat_since, expired_at, probe_down, probe_since, probe_reason, is_full, created_at";
 
 /// The advisory lock of the replica that judges expiry and runs probes (the
 /// two-key form, which never collides with sqlx's migration lock).
@@ -213,6 +213,7 @@ fn health_from_row(row: &PgRow) -> Result<HealthRecord, StoreError> {
         probe_down: row.try_get("probe_down")?,
         probe_since: time("probe_since")?,
         probe_reason: row.try_get("probe_reason")?,
+        full: row.try_get("is_full")?,
         created_at: time("created_at")?.unwrap_or_default(),
     })
 }
@@ -433,7 +434,7 @@ fn health_upsert(stored: bool, set: &[(&str, &str, &str)]) -> String {
         "SELECT $1::text AS id, 0::bigint AS created_seq WHERE $2::bigint >= -1"
     };
     let fresh = "(h.incarnation <> EXCLUDED.incarnation)";
-    let resets: [(&str, &str); 8] = [
+    let resets: [(&str, &str); 9] = [
         ("heartbeat_at", "NULL"),
         ("heartbeat_since", "NULL"),
         ("expired_at", "NULL"),
@@ -441,6 +442,7 @@ fn health_upsert(stored: bool, set: &[(&str, &str, &str)]) -> String {
         ("probe_down", "NULL"),
         ("probe_since", "NULL"),
         ("probe_reason", "''"),
+        ("is_full", "false"),
         ("created_at", "now()"),
     ];
     let mut assignments: Vec<String> = resets
@@ -1195,6 +1197,41 @@ impl Store for PostgresStore {
                 out.push(health_from_row(&row)?);
             }
         }
+        if !out.is_empty() {
+            self.notify(HEALTH_CHANNEL).await?;
+        }
+        Ok(out)
+    }
+
+    async fn set_full(&self, marks: &[FullMark]) -> Result<Vec<HealthRecord>, StoreError> {
+        if marks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement: only records of the same incarnation whose flag
+        // differs (a node that never reported has no record, and cannot be
+        // full).
+        let nodes: Vec<&str> = marks.iter().map(|m| m.node.as_str()).collect();
+        let incarnations: Vec<i64> = marks.iter().map(|m| m.incarnation).collect();
+        let full: Vec<bool> = marks.iter().map(|m| m.full).collect();
+        let sql = format!(
+            "UPDATE node_health AS h SET is_full = m.is_full, version = h.version + 1, xid = {XID} \
+             FROM unnest($1::text[], $2::bigint[], $3::bool[]) AS m(node_id, incarnation, is_full) \
+             WHERE h.node_id = m.node_id AND h.incarnation = m.incarnation \
+               AND h.is_full IS DISTINCT FROM m.is_full \
+             RETURNING h.node_id, h.incarnation, h.version, h.connections, h.heartbeat_at, \
+               h.heartbeat_since, h.expired_at, h.probe_down, h.probe_since, h.probe_reason, \
+               h.is_full, h.created_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&nodes)
+            .bind(&incarnations)
+            .bind(&full)
+            .fetch_all(&self.soft)
+            .await?;
+        let out = rows
+            .iter()
+            .map(health_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         if !out.is_empty() {
             self.notify(HEALTH_CHANNEL).await?;
         }

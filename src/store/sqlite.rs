@@ -14,7 +14,7 @@ use sqlx::{
 
 use super::{
     audit_value, check_version, gone_node, gone_strategy, memory::MemoryHealth, node_json,
-    now_rfc3339, rows, strategy_json, Actor, AuditEntry, Change, Changes, HealthBatch,
+    now_rfc3339, rows, strategy_json, Actor, AuditEntry, Change, Changes, FullMark, HealthBatch,
     HealthRecord, Listener, NodePatchFn, ProbeVerdict, ReplicaInfo, SavedOverrides, Store,
     StoreError, Stored, Written, CHANGES_KEPT,
 };
@@ -778,6 +778,11 @@ impl Store for SqliteStore {
         Ok(self
             .health
             .set_probe_verdicts(verdicts, |id, inc| alive.contains(&(id.to_owned(), inc))))
+    }
+
+    async fn set_full(&self, marks: &[FullMark]) -> Result<Vec<HealthRecord>, StoreError> {
+        let _gate = self.health_gate.lock().await;
+        Ok(self.health.set_full(marks))
     }
 
     async fn report_replica(&self, me: &ReplicaInfo) -> Result<(), StoreError> {
