@@ -2,7 +2,7 @@
 //! movement, weights, order independence, determinism (golden file), and
 //! property tests over random node sets and changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -675,11 +675,13 @@ struct Cluster {
     params: Value,
     pins: BTreeMap<String, String>,
     user_regions: BTreeMap<String, String>,
+    /// The full set (read by `bounded` only).
+    full: BTreeSet<String>,
 }
 
 impl Cluster {
     fn table(&self) -> Table {
-        Table::build(&TableInput::prepare(
+        let mut input = TableInput::prepare(
             &self.nodes,
             StrategyInput {
                 name: "t".into(),
@@ -688,7 +690,11 @@ impl Cluster {
             },
             &self.pins,
             &self.user_regions,
-        ))
+        );
+        for n in &mut input.nodes {
+            n.full = self.full.contains(&*n.node.id);
+        }
+        Table::build(&input)
     }
 }
 
@@ -714,7 +720,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
     );
     (
         nodes,
-        prop::sample::select(vec!["hash", "weighted", "region"]),
+        prop::sample::select(vec!["hash", "weighted", "region", "bounded"]),
         region_params,
         prop::collection::vec((0u32..40, any::<prop::sample::Index>()), 0..6),
         prop::collection::btree_map(
@@ -722,9 +728,10 @@ fn cluster() -> impl Strategy<Value = Cluster> {
             prop::sample::select(&REGIONS[..]).prop_map(str::to_owned),
             0..10,
         ),
+        prop::collection::vec(prop::bool::weighted(0.3), 16),
     )
         .prop_map(
-            |(nodes, kind, (default_region, fallback, weighted), pins, user_regions)| {
+            |(nodes, kind, (default_region, fallback, weighted), pins, user_regions, full)| {
                 let nodes: Vec<NodeInput> = nodes
                     .into_iter()
                     .map(|(id, (weight, region))| NodeInput {
@@ -732,12 +739,19 @@ fn cluster() -> impl Strategy<Value = Cluster> {
                         ..node(&id, weight)
                     })
                     .collect();
-                let params = if kind == "region" {
-                    json!({"default_region": default_region, "fallback": fallback,
-                       "inner": if weighted { "weighted" } else { "hash" }})
-                } else {
-                    json!({})
+                let inner = if weighted { "weighted" } else { "hash" };
+                let params = match kind {
+                    "region" => json!({"default_region": default_region, "fallback": fallback,
+                       "inner": inner}),
+                    "bounded" => json!({"inner": inner}),
+                    _ => json!({}),
                 };
+                let full = nodes
+                    .iter()
+                    .zip(full)
+                    .filter(|(_, f)| *f)
+                    .map(|(n, _)| n.id.clone())
+                    .collect();
                 let pins = pins
                     .into_iter()
                     .map(|(u, i)| (format!("r{u}"), i.get(&nodes).id.clone()))
@@ -748,6 +762,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
                     params,
                     pins,
                     user_regions,
+                    full,
                 }
             },
         )
@@ -883,7 +898,7 @@ fn top_k_agrees_with_a_full_sort_and_with_argmax() {
 /// chosen among all known nodes, whatever their state or health.
 #[test]
 fn twins_keep_the_failover_guarantee() {
-    for kind in ["hash", "weighted", "region"] {
+    for kind in ["hash", "weighted", "region", "bounded"] {
         let mut nodes: Vec<NodeInput> = (0..6).map(|i| node(&format!("gw-{i}"), 10 + i)).collect();
         nodes.push(node("gw-27287", 30));
         nodes.push(node("gw-84159", 40));
@@ -893,6 +908,7 @@ fn twins_keep_the_failover_guarantee() {
             params: json!({}),
             pins: BTreeMap::new(),
             user_regions: BTreeMap::new(),
+            full: BTreeSet::from(["gw-2".to_string()]),
         };
         let t = c.table();
         let mut ranked = Vec::new();
@@ -954,4 +970,189 @@ fn fallback_lists_with_repeats_place_as_their_first_occurrences() {
         assert_eq!(messy.route(&u, Some("sa")), clean.route(&u, Some("sa")));
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+// ----- bounded -----
+
+/// The same cluster with `bounded` over `inner` and the given full set.
+fn bounded_over(c: &Cluster, inner: &str, full: BTreeSet<String>) -> Cluster {
+    Cluster {
+        kind: "bounded",
+        params: json!({"inner": inner}),
+        full,
+        pins: BTreeMap::new(),
+        ..c.clone()
+    }
+}
+
+fn ids_of(t: &Table, list: &[usize]) -> Vec<String> {
+    list.iter().map(|&i| t.nodes()[i].id.to_string()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// With no node full, `bounded` answers as its inner kind, rankings
+    /// included; with some full, only the users whose first choice is full
+    /// move, each to the first node of its own ranking that is not full.
+    #[test]
+    fn bounded_moves_only_the_users_of_full_nodes_to_their_next_open_choice(
+        c in cluster(),
+        weighted in prop::bool::ANY,
+        k in 1usize..=8,
+    ) {
+        let inner_kind = if weighted { "weighted" } else { "hash" };
+        let inner = Cluster { kind: inner_kind, params: json!({}), pins: BTreeMap::new(), ..c.clone() }.table();
+        let balanced = bounded_over(&c, inner_kind, BTreeSet::new()).table();
+        let loaded = bounded_over(&c, inner_kind, c.full.clone()).table();
+        let all_full = inner.nodes().iter().all(|n| c.full.contains(&*n.id));
+        let n = inner.nodes().len();
+        let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..200 {
+            let uid = format!("u{i}");
+            // Balanced: the inner kind exactly.
+            inner.rank(&uid, None, k, &mut a);
+            balanced.rank(&uid, None, k, &mut b);
+            prop_assert_eq!(ids_of(&inner, &a), ids_of(&balanced, &b));
+            prop_assert_eq!(inner.route(&uid, None), balanced.route(&uid, None));
+            // Loaded: the first open node of the user's own full ranking.
+            inner.rank(&uid, None, n.min(8), &mut r);
+            let ranking = ids_of(&inner, &r);
+            let placed = loaded.route(&uid, None).map(|i| loaded.nodes()[i].id.to_string());
+            let first = ranking.first().cloned();
+            if all_full || first.as_ref().is_some_and(|f| !c.full.contains(f)) {
+                prop_assert_eq!(&placed, &first, "a user of an open node stays");
+            } else if n <= 8 {
+                let open = ranking.iter().find(|id| !c.full.contains(*id)).cloned();
+                prop_assert_eq!(&placed, &open, "to the next open node of its ranking");
+            } else {
+                prop_assert!(placed.as_ref().is_some_and(|p| !c.full.contains(p)));
+            }
+        }
+    }
+
+    /// Some node is never full, and between the two bounds a node keeps
+    /// the state it had.
+    #[test]
+    fn the_full_set_never_takes_every_node_and_holds_between_the_bounds(
+        loads in prop::collection::vec((1u16..10, 0u64..5000, prop::bool::ANY), 1..30),
+        factor in 1.05f64..=4.0,
+        min_connections in 0u64..300,
+        weighted in prop::bool::ANY,
+    ) {
+        use super::bounded::{evaluate, BoundedParams};
+        use super::strategy::Load;
+        let params = BoundedParams { weighted, balance_factor: factor, min_connections };
+        let input: Vec<Load> = loads
+            .iter()
+            .map(|&(weight, connections, full)| Load { weight, connections, full })
+            .collect();
+        let full = evaluate(&params, &input);
+        prop_assert_eq!(full.len(), input.len());
+        prop_assert!(full.iter().any(|f| !f), "some node is not full");
+        let total: f64 = input.iter().map(|l| l.connections as f64).sum();
+        let weights: f64 = input.iter().map(|l| if weighted { f64::from(l.weight) } else { 1.0 }).sum();
+        for (l, &f) in input.iter().zip(&full) {
+            let fair = total * if weighted { f64::from(l.weight) } else { 1.0 } / weights;
+            let c = l.connections as f64;
+            if c > factor * fair && l.connections > min_connections {
+                prop_assert!(f, "above the bound: full");
+            } else if c < params.release_factor() * fair || l.connections <= min_connections {
+                prop_assert!(!f, "below the release point: open");
+            } else {
+                prop_assert_eq!(f, l.full, "between the bounds: unchanged");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_full_set_is_part_of_the_revision_only_for_kinds_that_read_it() {
+    let nodes = equal_nodes(5);
+    let c = Cluster {
+        nodes,
+        kind: "bounded",
+        params: json!({}),
+        pins: BTreeMap::new(),
+        user_regions: BTreeMap::new(),
+        full: BTreeSet::new(),
+    };
+    let one_full = BTreeSet::from(["node-001".to_string()]);
+    let open = c.table();
+    let full = Cluster {
+        full: one_full.clone(),
+        ..c.clone()
+    }
+    .table();
+    assert_ne!(open.revision(), full.revision());
+    let hash = Cluster {
+        kind: "hash",
+        ..c.clone()
+    };
+    let hash_full = Cluster {
+        full: one_full,
+        ..hash.clone()
+    };
+    assert_eq!(hash.table().revision(), hash_full.table().revision());
+    // And the full node takes nobody.
+    for i in 0..2000 {
+        let uid = format!("u{i}");
+        let at = full.route(&uid, None).unwrap();
+        assert_ne!(&*full.nodes()[at].id, "node-001");
+    }
+}
+
+/// A reconnect storm: 10 nodes, one holding 3× the others' connections,
+/// 100,000 users arriving and placed by the router, loads re-reported as
+/// they grow (one evaluation per 1,000 arrivals, as a 5 s period would
+/// see). `hash` keeps feeding the loaded node its equal share; `bounded`
+/// holds it back until the others catch up.
+#[test]
+fn a_reconnect_storm_stays_within_the_balance_factor_with_bounded() {
+    use super::bounded::{evaluate, BoundedParams};
+    use super::strategy::Load;
+    let nodes = equal_nodes(10);
+    let start: Vec<u64> = (0..10).map(|i| if i == 0 { 3000 } else { 1000 }).collect();
+    let run = |kind: &str| -> f64 {
+        let params = BoundedParams::default();
+        let mut load = start.clone();
+        let mut full = vec![false; 10];
+        let mut table = None;
+        for u in 0..100_000 {
+            if u % 1000 == 0 {
+                if kind == "bounded" {
+                    let input: Vec<Load> = (0..10)
+                        .map(|i| Load {
+                            weight: 100,
+                            connections: load[i],
+                            full: full[i],
+                        })
+                        .collect();
+                    full = evaluate(&params, &input);
+                }
+                let c = Cluster {
+                    nodes: nodes.clone(),
+                    kind: if kind == "bounded" { "bounded" } else { "hash" },
+                    params: json!({}),
+                    pins: BTreeMap::new(),
+                    user_regions: BTreeMap::new(),
+                    full: (0..10)
+                        .filter(|&i| full[i])
+                        .map(|i| nodes[i].id.clone())
+                        .collect(),
+                };
+                table = Some(c.table());
+            }
+            let t = table.as_ref().unwrap();
+            load[t.route(&format!("storm-{u}"), None).unwrap()] += 1;
+        }
+        let max = *load.iter().max().unwrap() as f64;
+        let mean = load.iter().sum::<u64>() as f64 / 10.0;
+        max / mean
+    };
+    let hash = run("hash");
+    let bounded = run("bounded");
+    println!("reconnect storm, final max/mean load: hash {hash:.3}, bounded {bounded:.3}");
+    assert!(bounded <= 1.25, "bounded {bounded}");
+    assert!(bounded < hash, "bounded {bounded} vs hash {hash}");
 }
