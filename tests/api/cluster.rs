@@ -895,3 +895,63 @@ async fn a_node_deleted_while_its_files_replica_was_away_marks_that_file_in_erro
         .unwrap();
     assert_eq!(resp.status(), 503);
 }
+
+/// The full set of the `bounded` kind is decided by the one judging
+/// replica and stored: every replica shows it and routes on it, with one
+/// revision.
+#[tokio::test]
+async fn every_replica_routes_on_the_one_full_set() {
+    let Some(db) = TestDb::create("bounded_full_set").await else {
+        return;
+    };
+    let apps = replicas(&db.url, 2, |_, c| c.health.full_eval_interval_ms = 500).await;
+    for i in 1..=4 {
+        let (status, body) = apps[0]
+            .admin_json(
+                Method::POST,
+                "/admin/nodes",
+                Some(node_body(&format!("gw-{i}"))),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    crate::bounded::activate_bounded(&apps[1], json!({})).await;
+    assert!(converge(&apps, None, Duration::from_secs(5)).await);
+    // Loads reported to either replica.
+    for i in 1..=4 {
+        let app = &apps[i % 2];
+        let load = if i == 1 { 8000 } else { 1000 };
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                app.admin(
+                    Method::PUT,
+                    &format!("/admin/nodes/gw-{i}/heartbeat"),
+                    Some(json!({"connections": load})),
+                )
+                .await
+                .status()
+                    == 204
+            })
+            .await
+        );
+    }
+    for app in &apps {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                crate::bounded::is_full(app, "gw-1").await
+            })
+            .await,
+            "every replica shows gw-1 full"
+        );
+    }
+    assert!(converge(&apps, None, Duration::from_secs(5)).await);
+    let users = uids(2000);
+    for app in &apps {
+        let assigned = app.assignments(&users).await;
+        assert!(!assigned.values().any(|n| n == "gw-1"));
+    }
+    assert_eq!(
+        apps[0].assignments(&users).await,
+        apps[1].assignments(&users).await
+    );
+}

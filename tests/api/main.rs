@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bounded;
 mod candidates;
 mod cli;
 mod cluster;
