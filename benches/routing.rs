@@ -1,7 +1,7 @@
 //! The routing hot path: placing one uid (hash, weighted; 10/100/1000 nodes),
 //! a whole 1,000-uid batch, and parse -> route -> group -> serialise; ranking
-//! (candidate lists, K=3) next to placement; a simulation over a million
-//! users.
+//! (candidate lists, K=3) next to placement; `bounded` with 0, 1 and 10 full
+//! nodes next to `hash`; a simulation over a million users.
 //!
 //! Each iteration routes 1,000 uids, so the time per iteration in ns divided
 //! by 1,000 is ns per uid (criterion also prints the element throughput).
@@ -139,6 +139,60 @@ fn rank(c: &mut Criterion) {
     group.finish();
 }
 
+/// `bounded` at 100 nodes with 0, 1 and 10 full nodes, next to `hash`.
+fn bounded(c: &mut Criterion) {
+    let users = uids();
+    let mut group = c.benchmark_group("place_bounded_100");
+    group.throughput(Throughput::Elements(users.len() as u64));
+    let build = |kind: &str, full: usize| {
+        let nodes: Vec<NodeInput> = (0..100)
+            .map(|i| NodeInput {
+                id: format!("gw-{i:04}"),
+                region: None,
+                weight: 100,
+                state: NodeState::Active,
+                healthy: true,
+                external: Addrs {
+                    tcp_addr: format!("10.0.0.{i}:5100"),
+                    ..Addrs::default()
+                },
+                intranet: Addrs::default(),
+            })
+            .collect();
+        let mut input = TableInput::prepare(
+            &nodes,
+            StrategyInput {
+                name: "bench".into(),
+                kind: kind.into(),
+                params: json!({}),
+            },
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        // Every tenth node, so the full ones are spread over the ids.
+        for (i, n) in input.nodes.iter_mut().enumerate() {
+            n.full = i % 10 == 0 && i / 10 < full;
+        }
+        Table::build(&input)
+    };
+    let cases = [
+        ("hash", build("hash", 0)),
+        ("bounded_0_full", build("bounded", 0)),
+        ("bounded_1_full", build("bounded", 1)),
+        ("bounded_10_full", build("bounded", 10)),
+    ];
+    for (name, t) in &cases {
+        group.bench_with_input(BenchmarkId::from_parameter(name), t, |b, t| {
+            b.iter(|| {
+                for u in &users {
+                    black_box(t.route(black_box(u), None));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 /// `POST /admin/routing/simulate`'s placing and counting: a million
 /// synthetic users under two tables of 100 nodes (one drained).
 fn simulate(c: &mut Criterion) {
@@ -168,5 +222,5 @@ fn simulate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, place, batch, rank, simulate);
+criterion_group!(benches, place, batch, rank, bounded, simulate);
 criterion_main!(benches);
