@@ -50,6 +50,7 @@ pub const ENDPOINTS: &[&str] = &[
     "/readyz",
     "/metrics",
     "/docs",
+    "/ui",
     "/openapi",
     "other",
 ];
@@ -86,6 +87,7 @@ pub fn endpoint_of(path: &str) -> &'static str {
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
         ["docs", ..] => "/docs",
+        ["ui", ..] | [] => "/ui",
         ["openapi.json"] | ["openapi.yaml"] => "/openapi",
         _ => "other",
     }

@@ -99,7 +99,7 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
 }
 
-fn overrides_info(state: &AppState) -> OverridesInfo {
+fn overrides_info(state: &AppState, with_effective: bool) -> OverridesInfo {
     let s = state.ctl.overrides_status();
     OverridesInfo {
         path: s.path.display().to_string(),
@@ -107,7 +107,11 @@ fn overrides_info(state: &AppState) -> OverridesInfo {
         loaded_at: s.loaded_at.clone(),
         status: if s.error.is_some() { "error" } else { "ok" }.into(),
         error: s.error.clone(),
-        effective: serde_json::to_value(&*s.effective).unwrap_or(Value::Null),
+        effective: if with_effective {
+            serde_json::to_value(&*s.effective).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        },
     }
 }
 
@@ -123,8 +127,11 @@ impl AdminApi {
         &self,
         _auth: AdminAuth,
         state: Data<&Arc<AppState>>,
+        /// `false`: leave out `effective` (`null`), for a cheap status check
+        /// however many pins the file holds.
+        effective: Query<Option<bool>>,
     ) -> Json<OverridesInfo> {
-        Json(overrides_info(&state))
+        Json(overrides_info(&state, effective.0.unwrap_or(true)))
     }
 
     /// Reload the overrides file now
@@ -147,7 +154,7 @@ impl AdminApi {
             .reload_overrides(&actor(req))
             .await
             .map_err(|e| ApiError::bad_request("invalid_overrides", e))?;
-        Ok(Json(overrides_info(&state)))
+        Ok(Json(overrides_info(&state, true)))
     }
 
     /// Page through the audit trail, newest first

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod route;
 pub mod spec;
 pub mod strategies;
+pub mod ui;
 pub mod uids;
 pub mod validate;
 
@@ -370,6 +371,16 @@ impl<E: Endpoint> Outer<E> {
             if path == "/admin" || path.starts_with("/admin/") {
                 self.state.access.admit(&req, &self.state.token)?;
             }
+            if matches!(PathKind::of(path), PathKind::Ui) {
+                // Served where the admin API is (the page is useless
+                // elsewhere); the files hold no secret, so no token.
+                self.state.access.reachable(&req)?;
+                if req.method() == Method::GET || req.method() == Method::HEAD {
+                    if let Some(resp) = ui::serve(path) {
+                        return Ok(resp);
+                    }
+                }
+            }
             if let Some(query) = req.uri().query() {
                 let reads_query = endpoint.starts_with("/route")
                     || validate::has_query(req.method().as_str(), endpoint);
@@ -530,7 +541,10 @@ fn query_is_utf8(query: &str) -> bool {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PathKind {
     Admin,
+    /// Swagger UI.
     Page,
+    /// The dashboard and `/`, which sends browsers to it.
+    Ui,
     Other,
 }
 
@@ -538,11 +552,9 @@ impl PathKind {
     fn of(path: &str) -> Self {
         if path == "/admin" || path.starts_with("/admin/") {
             PathKind::Admin
-        } else if path == "/docs"
-            || path.starts_with("/docs/")
-            || path == "/ui"
-            || path.starts_with("/ui/")
-        {
+        } else if path == "/ui" || path.starts_with("/ui/") || path == "/" {
+            PathKind::Ui
+        } else if path == "/docs" || path.starts_with("/docs/") {
             PathKind::Page
         } else {
             PathKind::Other
@@ -576,6 +588,14 @@ fn security_headers(resp: &mut Response, kind: PathKind) {
                 HeaderValue::from_static(PAGE_CSP),
             );
             headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        }
+        PathKind::Ui => {
+            headers.insert(
+                "content-security-policy",
+                HeaderValue::from_static(ui::UI_CSP),
+            );
+            headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+            headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         }
         PathKind::Other => {}
     }

@@ -53,7 +53,12 @@ pub fn swagger_html() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
         let html = super::openapi_service().swagger_ui_html();
-        let html = html.replacen("<title>Swagger UI</title>", "<title>imroute API</title>", 1);
+        // No icon: browsers would ask for /favicon.ico (a 404 in the console).
+        let html = html.replacen(
+            "<title>Swagger UI</title>",
+            "<title>imroute API</title><link rel=\"icon\" href=\"data:,\">",
+            1,
+        );
         let html = html.replacen(
             "deepLinking: true,",
             "deepLinking: true,\n        persistAuthorization: true,\n        tryItOutEnabled: true,",

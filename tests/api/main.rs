@@ -3,6 +3,7 @@
 mod helpers;
 
 mod bounded;
+mod browser;
 mod candidates;
 mod cli;
 mod cluster;
@@ -21,3 +22,4 @@ mod route;
 mod spec;
 mod store;
 mod strategies;
+mod ui;
