@@ -76,6 +76,10 @@ impl NodeState {
 
 pub const DEFAULT_WEIGHT: u16 = 100;
 
+/// The most connections a heartbeat may report: 2^53 - 1, exact in every
+/// JSON reader (a JavaScript one included) and in a PostgreSQL BIGINT.
+pub const MAX_CONNECTIONS: u64 = (1 << 53) - 1;
+
 /// Everything an admin sets on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {

@@ -213,7 +213,14 @@ fn refine_schemas(doc: &mut Value) {
     );
     set_property(doc, "StrategyWrite", "name", id.clone());
     set_property(doc, "RoutingWrite", "active_strategy", id.clone());
-    set_property(doc, "Heartbeat", "connections", json!({"minimum": 0}));
+    // At most 2^53 - 1: exact in every JSON reader (and in a JavaScript
+    // dashboard), far above what a gateway holds.
+    set_property(
+        doc,
+        "Heartbeat",
+        "connections",
+        json!({"minimum": 0, "maximum": crate::model::MAX_CONNECTIONS}),
+    );
     for (schema, field) in [("Addresses", "tcp_addr"), ("AddressesPatch", "tcp_addr")] {
         set_property(
             doc,

@@ -325,6 +325,13 @@ mod tests {
             "connections: must not be null"
         );
         assert!(beat(r#"{"connections":7}"#).is_ok());
+        assert!(beat(r#"{"connections":9007199254740991}"#).is_ok());
+        assert!(beat(r#"{"connections":9007199254740992}"#)
+            .unwrap_err()
+            .starts_with("connections:"));
+        assert!(beat(r#"{"connections":18446744073709551615}"#)
+            .unwrap_err()
+            .starts_with("connections:"));
         assert!(beat("{}").is_ok());
         // `region: null` clears the region in a PATCH.
         assert!(body_of("PATCH", "/admin/nodes/{id}", r#"{"region":null}"#).is_ok());

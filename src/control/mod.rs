@@ -687,9 +687,23 @@ impl Controller {
         self.overrides_status.load_full()
     }
 
+    /// A node's health as the admin API shows it. `full` is shown only
+    /// where it counts: a routable node, under a kind that reads it (the
+    /// judge clears the stored flag within a period after either changes).
     pub fn health_view(&self, node: &EffectiveNode) -> HealthView {
-        self.health
-            .view(&node.spec.id, node.incarnation(), node.created_at())
+        let mut view = self
+            .health
+            .view(&node.spec.id, node.incarnation(), node.created_at());
+        if view.full {
+            let snap = self.snapshot();
+            let table = &snap.table;
+            view.full = strategy::kind(&table.strategy().kind).is_some_and(|k| k.uses_load())
+                && table
+                    .nodes()
+                    .binary_search_by(|n| n.id().cmp(&node.spec.id))
+                    .is_ok();
+        }
+        view
     }
 
     /// Asks the background tasks to stop.
@@ -1150,6 +1164,10 @@ impl Controller {
     /// kind that does not use load, nobody is.
     pub fn evaluate_full(&self) -> Vec<FullMark> {
         let snap = self.current();
+        let kind = strategy::kind(&snap.table.strategy().kind).filter(|k| k.uses_load());
+        if kind.is_none() && !self.health.any_full() {
+            return Vec::new();
+        }
         let loads = self.health.loads();
         let incarnation = |id: &str| snap.view.node(id).map(|n| n.incarnation());
         // (connections, full) on record for the node as it exists now.
@@ -1161,7 +1179,7 @@ impl Controller {
         };
         let table = &snap.table;
         let mut wanted: HashMap<&str, bool> = HashMap::new();
-        if let Some(kind) = strategy::kind(&table.strategy().kind).filter(|k| k.uses_load()) {
+        if let Some(kind) = kind {
             let nodes = table.nodes();
             let input: Vec<strategy::Load> = nodes
                 .iter()
@@ -1182,7 +1200,7 @@ impl Controller {
                 }
             }
         }
-        loads
+        let mut marks: Vec<FullMark> = loads
             .iter()
             .filter_map(|(id, &(inc, _, full))| {
                 let want = wanted.get(id.as_str()).copied().unwrap_or(false);
@@ -1192,7 +1210,10 @@ impl Controller {
                     full: want,
                 })
             })
-            .collect()
+            .collect();
+        // Rows in one order for every writer.
+        marks.sort_by(|a, b| a.node.cmp(&b.node));
+        marks
     }
 
     /// Records a heartbeat (shared with every replica through the store).

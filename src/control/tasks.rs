@@ -318,29 +318,54 @@ async fn probes(ctl: Arc<Controller>) {
     }
 }
 
-/// Full-set changes stored per store call.
-const MARKS_PER_CALL: usize = 1000;
-
-/// The full set of a kind that uses load (`bounded`), re-evaluated every
-/// `health.full_eval_interval_ms` by the one replica holding the leader
-/// lock and stored, so every replica routes on the same set.
+/// The full set of a kind that uses load (`bounded`), re-evaluated by the
+/// one replica holding the leader lock and stored, so every replica routes
+/// on the same set. An evaluation runs once `health.full_eval_interval_ms`
+/// has passed since the last one, or at once when the active strategy
+/// (kind or params) changed: its rule changed, which is no flap. A replica
+/// that has just become the judge waits one period first, so a handover
+/// does not evaluate twice in quick succession.
 async fn full_set(ctl: Arc<Controller>) {
     let store = ctl.store().clone();
-    let mut tick = interval(ctl.full_eval_interval);
+    let period = ctl.full_eval_interval;
+    let mut tick = interval((period / 5).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    let mut leading = false;
+    let mut last = Instant::now();
+    let mut rule = None;
     loop {
         tokio::select! {
             _ = ctl.stopped() => return,
             _ = tick.tick() => {}
         }
         if !ctl.store_up() || !ctl.store_call(store.lead()).await.unwrap_or(false) {
+            leading = false;
             continue;
         }
+        let strategy = ctl.current().table.strategy().clone();
+        let now_rule = Some((strategy.kind, strategy.params));
+        if !leading {
+            leading = true;
+            last = Instant::now();
+            rule = now_rule;
+            continue;
+        }
+        if last.elapsed() < period && rule == now_rule {
+            continue;
+        }
+        last = Instant::now();
+        rule = now_rule;
         let marks = ctl.evaluate_full();
-        for chunk in marks.chunks(MARKS_PER_CALL) {
-            match ctl.store_call(store.set_full(chunk)).await {
-                Ok(records) => ctl.apply_health(records, false).await,
-                Err(_) => break,
-            }
+        if marks.is_empty() {
+            continue;
+        }
+        // One write (one revision change on every replica, never a half
+        // applied set), and only while this replica still judges.
+        if !ctl.store_call(store.lead()).await.unwrap_or(false) {
+            leading = false;
+            continue;
+        }
+        if let Ok(records) = ctl.store_call(store.set_full(&marks)).await {
+            ctl.apply_health(records, false).await;
         }
     }
 }

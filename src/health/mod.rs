@@ -230,6 +230,11 @@ impl HealthRegistry {
             .collect()
     }
 
+    /// Whether any record is in the full set.
+    pub fn any_full(&self) -> bool {
+        self.lock().values().any(|r| r.full)
+    }
+
     /// Per node id: (incarnation, reported connections, full), for the
     /// evaluation of the full set.
     pub fn loads(&self) -> HashMap<String, (i64, Option<u64>, bool)> {

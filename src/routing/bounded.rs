@@ -104,7 +104,13 @@ impl BoundedParams {
                 },
                 "min_connections" => match value {
                     Value::Null => {}
-                    Value::Number(n) => match n.as_u64() {
+                    // Any JSON integer, 100.0 and 1e2 included (as JSON
+                    // Schema's `integer`).
+                    Value::Number(n) => match n.as_u64().or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                            .map(|f| f as u64)
+                    }) {
                         Some(c) => out.min_connections = c,
                         None => {
                             return Err(ParamsError::new(
@@ -295,7 +301,10 @@ pub fn evaluate(params: &BoundedParams, loads: &[Load]) -> Vec<bool> {
         return vec![false; loads.len()];
     }
     let release = params.release_factor();
-    let full: Vec<bool> = loads
+    // Shares sum to the total, so the least loaded node relative to its
+    // share is at most at its share, below any release point: it is never
+    // full. No guard is needed (the property tests check it).
+    loads
         .iter()
         .map(|l| {
             let fair = total * weight(l) / total_weight;
@@ -308,12 +317,7 @@ pub fn evaluate(params: &BoundedParams, loads: &[Load]) -> Vec<bool> {
                 c > params.balance_factor * fair
             }
         })
-        .collect();
-    if full.iter().all(|&f| f) {
-        // Cannot happen with weights > 0 (see above); kept as a guard.
-        return vec![false; loads.len()];
-    }
-    full
+        .collect()
 }
 
 #[cfg(test)]
@@ -341,6 +345,11 @@ mod tests {
         assert!(err(json!({"balance_factor": "2"})).starts_with("params.balance_factor:"));
         assert!(err(json!({"min_connections": -1})).starts_with("params.min_connections:"));
         assert!(err(json!({"min_connections": 1.5})).starts_with("params.min_connections:"));
+        assert!(err(json!({"min_connections": -1.0})).starts_with("params.min_connections:"));
+        for integral in [json!(100.0), json!(1e2), json!(-0.0)] {
+            let p = BoundedParams::parse(&json!({ "min_connections": integral })).unwrap();
+            assert!(p.min_connections == 100 || p.min_connections == 0);
+        }
         assert!(err(json!({"factor": 2})).starts_with("params.factor:"));
         assert!(err(json!([])).starts_with("params:"));
         assert!(BoundedParams::parse(&json!({"balance_factor": 1.05})).is_ok());

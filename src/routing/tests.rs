@@ -1007,6 +1007,17 @@ proptest! {
         let loaded = bounded_over(&c, inner_kind, c.full.clone()).table();
         let all_full = inner.nodes().iter().all(|n| c.full.contains(&*n.id));
         let n = inner.nodes().len();
+        // The inner kind over the open nodes alone: its first choice is
+        // the first open node of each user's ranking (rendezvous orders
+        // restricted to a subset keep their order), however long it is.
+        let open_only = Cluster {
+            kind: inner_kind,
+            params: json!({}),
+            pins: BTreeMap::new(),
+            nodes: c.nodes.iter().filter(|n| !c.full.contains(&n.id)).cloned().collect(),
+            ..c.clone()
+        }
+        .table();
         let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..200 {
             let uid = format!("u{i}");
@@ -1027,6 +1038,10 @@ proptest! {
                 prop_assert_eq!(&placed, &open, "to the next open node of its ranking");
             } else {
                 prop_assert!(placed.as_ref().is_some_and(|p| !c.full.contains(p)));
+            }
+            if !all_full && !open_only.nodes().is_empty() && !open_only.panic_mode() {
+                let want = open_only.route(&uid, None).map(|i| open_only.nodes()[i].id.to_string());
+                prop_assert_eq!(&placed, &want, "the first open node of its own ranking");
             }
         }
     }

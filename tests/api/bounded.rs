@@ -235,6 +235,28 @@ async fn invalid_bounded_params_are_400_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_full_node_deleted_and_created_again_starts_open() {
+    let app = spawn().await;
+    for i in 1..=3 {
+        app.add_node(&format!("gw-{i}"), json!({})).await;
+    }
+    activate_bounded(&app, json!({})).await;
+    heartbeat(&app, "gw-1", 9000).await;
+    heartbeat(&app, "gw-2", 1000).await;
+    heartbeat(&app, "gw-3", 1000).await;
+    wait_full(&app, "gw-1", true).await;
+    let resp = app.admin(Method::DELETE, "/admin/nodes/gw-1", None).await;
+    assert_eq!(resp.status(), 204);
+    app.add_node("gw-1", json!({})).await;
+    assert!(
+        !is_full(&app, "gw-1").await,
+        "a new incarnation inherits nothing"
+    );
+    let users = uids(1500);
+    routes_when(&app, &users, |a| on(a, "gw-1") > 300).await;
+}
+
+#[tokio::test]
 async fn with_another_kind_nobody_is_full_and_switching_away_clears_the_set() {
     let app = spawn().await;
     for i in 1..=3 {

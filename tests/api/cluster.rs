@@ -954,4 +954,32 @@ async fn every_replica_routes_on_the_one_full_set() {
         apps[0].assignments(&users).await,
         apps[1].assignments(&users).await
     );
+    // Heartbeats keep coming through both replicas for three periods: the
+    // stored flag survives them (an upsert must not reset it) and nothing
+    // flaps.
+    let revision = revision(&apps[0]).await;
+    let until = Instant::now() + Duration::from_millis(1600);
+    let mut beats = 0;
+    while Instant::now() < until {
+        for (i, app) in apps.iter().enumerate() {
+            let status = app
+                .admin(
+                    Method::PUT,
+                    "/admin/nodes/gw-1/heartbeat",
+                    Some(json!({"connections": 8000 + i})),
+                )
+                .await
+                .status();
+            assert_eq!(status, 204);
+            beats += 1;
+        }
+        for app in &apps {
+            assert!(
+                crate::bounded::is_full(app, "gw-1").await,
+                "after {beats} heartbeats"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(converge(&apps, Some(&revision), Duration::from_secs(5)).await);
 }
