@@ -201,20 +201,43 @@ impl StrategyKind for BoundedKind {
     }
 }
 
-fn inner(weighted: bool, candidates: &[Candidate<'_>]) -> Box<dyn Placement> {
-    if weighted {
-        Box::new(WeightedPlacement::new(candidates))
-    } else {
-        Box::new(HashPlacement::new(candidates))
+/// The inner kind, dispatched statically (placing is on the hot path).
+enum Inner {
+    Hash(HashPlacement),
+    Weighted(WeightedPlacement),
+}
+
+impl Inner {
+    fn new(weighted: bool, candidates: &[Candidate<'_>]) -> Inner {
+        if weighted {
+            Inner::Weighted(WeightedPlacement::new(candidates))
+        } else {
+            Inner::Hash(HashPlacement::new(candidates))
+        }
+    }
+
+    #[inline(always)]
+    fn place(&self, uid: UidHash, region: Option<&str>) -> Option<usize> {
+        match self {
+            Inner::Hash(p) => p.place(uid, region),
+            Inner::Weighted(p) => p.place(uid, region),
+        }
+    }
+
+    fn rank(&self, uid: UidHash, region: Option<&str>, k: usize, out: &mut Vec<usize>) {
+        match self {
+            Inner::Hash(p) => p.rank(uid, region, k, out),
+            Inner::Weighted(p) => p.rank(uid, region, k, out),
+        }
     }
 }
 
 /// The inner placement, and a second one over the nodes that are not full.
 pub struct BoundedPlacement {
-    inner: Box<dyn Placement>,
+    inner: Inner,
     /// When some candidate (and not every one) is full: the inner placement
     /// over the others, and each of their candidate indexes.
-    spill: Option<(Box<dyn Placement>, Box<[u32]>)>,
+    spill: Option<(Inner, Box<[u32]>)>,
     /// Per candidate.
     full: Box<[bool]>,
 }
@@ -231,14 +254,14 @@ impl BoundedPlacement {
         // full (only a stale full set can say so) nobody is refused either.
         let spill = (fulls > 0 && !open.is_empty()).then(|| {
             let rest: Vec<Candidate<'_>> = open.iter().map(|&i| candidates[i as usize]).collect();
-            (inner(weighted, &rest), open.into_boxed_slice())
+            (Inner::new(weighted, &rest), open.into_boxed_slice())
         });
         let full = candidates
             .iter()
             .map(|c| spill.is_some() && c.full)
             .collect();
         BoundedPlacement {
-            inner: inner(weighted, candidates),
+            inner: Inner::new(weighted, candidates),
             spill,
             full,
         }
