@@ -67,10 +67,12 @@ body() { # n -> file
   echo "$work/body-$1.json"
 }
 
-# run URL BODY_FILE [connections] -> "req/s p50 p99" (latencies in ms)
+# run URL BODY_FILE [connections] -> "req/s p50 p99" (latencies in ms);
+# BODY_FILE "get" sends GET /route?uid=... with a new uid each time.
 run() {
-  local out
-  out=$(BODY_FILE="$2" "${LOAD_CPU[@]}" wrk -t1 -c"${3:-$CONNECTIONS}" -d"$DURATION" --latency -s bench/post.lua "$1")
+  local out script=bench/post.lua
+  [ "$2" = get ] && script=bench/get.lua
+  out=$(BODY_FILE="$2" "${LOAD_CPU[@]}" wrk -t1 -c"${3:-$CONNECTIONS}" -d"$DURATION" --latency -s "$script" "$1")
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
@@ -80,9 +82,11 @@ run() {
 to_ms() { # wrk latency (e.g. 812.00us, 1.20ms, 2.01s) -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-# Server-side mean latency of /route/batch from the Prometheus histogram.
+# Server-side mean latency of an endpoint (default /route/batch) from the
+# Prometheus histogram.
 server_stats() {
-  curl -s "$BASE/metrics" | awk '/^imroute_http_request_duration_seconds_(sum|count)\{endpoint="\/route\/batch"\}/ {print $2}' | paste -sd' '
+  local endpoint=${1:-/route/batch}
+  curl -s "$BASE/metrics" | awk -v e="{endpoint=\"$endpoint\"}" 'index($1, "imroute_http_request_duration_seconds_sum" e) == 1 || index($1, "imroute_http_request_duration_seconds_count" e) == 1 {print $2}' | paste -sd' '
 }
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$IMROUTE_PID/status"; }
 
@@ -103,6 +107,16 @@ for n in 1 100 1000 10000; do
     mean = (c1 > c0) ? (s1 - s0) / (c1 - c0) * 1000 : 0
     printf "| %d | %.0f | %.0f | %.3f | %.3f | %.3f | %.0f | %.3f | %.2f |\n", n, rps, rps * n, p50, p99, mean, frps, fp50, rps / frps }'
 done
+
+# One user per request, as every WuKongIM client asks on connect.
+read -r s0 c0 <<<"$(server_stats /route)"
+read -r rps p50 p99 <<<"$(run "$BASE/route" get)"
+read -r s1 c1 <<<"$(server_stats /route)"
+read -r frps fp50 _ <<<"$(run "http://127.0.0.1:$FLOOR_PORT/route" get)"
+awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v frps="$frps" -v fp50="$fp50" \
+    -v s0="${s0:-0}" -v s1="${s1:-0}" -v c0="${c0:-0}" -v c1="${c1:-0}" 'BEGIN {
+  mean = (c1 > c0) ? (s1 - s0) / (c1 - c0) * 1000 : 0
+  printf "| GET /route?uid= | %.0f | %.0f | %.3f | %.3f | %.3f | %.0f | %.3f | %.2f |\n", rps, rps, p50, p99, mean, frps, fp50, rps / frps }'
 
 echo
 echo "## 10,000-uid batch, one connection (latency as the client sees it)"

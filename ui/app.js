@@ -8,6 +8,7 @@
   const TOKEN_KEY = 'imroute.admin_token';
   const REFRESH_MS = 3000;
   const SAMPLE = 100000;
+  const REQUEST_TIMEOUT_MS = 15000;
   const FIELDS = ['region', 'state', 'weight', 'health', 'connections', 'share', 'full', 'source', 'version'];
   const ACTIONS = [
     ['Drain', 'drain', { state: 'draining' }],
@@ -41,6 +42,9 @@
   class AuthError extends Error {}
 
   let token = sessionStorage.getItem(TOKEN_KEY) || '';
+  // Bumped at every sign-in and sign-out: answers to an earlier session's
+  // requests are dropped.
+  let session = 0;
   let timer = null;
   let inflight = null;
   const nodes = new Map(); // id -> node
@@ -50,14 +54,21 @@
   const sort = { key: 'id', dir: 1 };
   let filterText = '';
   const rows = new Map(); // id -> { tr, cells, buttons }
-  let order = [];
+  let order = []; // ids of the sorted, filtered nodes
+  let page = 0;
+  let pageSize = 100;
   let chartKey = '';
   let pending = null; // the change being previewed
 
   // ----- the API -----
 
   async function api(method, path, body, headers) {
-    const init = { method, headers: { Authorization: 'Bearer ' + token, ...(headers || {}) } };
+    // A request that hangs must not stop the refreshes for good.
+    const init = {
+      method,
+      headers: { Authorization: 'Bearer ' + token, ...(headers || {}) },
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    };
     if (body !== undefined) {
       init.body = JSON.stringify(body);
       init.headers['Content-Type'] = 'application/json';
@@ -77,6 +88,9 @@
   }
 
   const message = (r) => (r.data && r.data.msg) || `HTTP ${r.status}`;
+  // A path segment: ids `.` and `..` are valid, and must not be read as
+  // "this folder" or "the parent".
+  const segment = (id) => encodeURIComponent(id).replace(/\./g, '%2E');
 
   // ----- sign-in -----
 
@@ -99,6 +113,7 @@
   function signOut(error) {
     sessionStorage.removeItem(TOKEN_KEY);
     token = '';
+    session += 1;
     clearTimeout(timer);
     nodes.clear();
     rows.clear();
@@ -106,12 +121,20 @@
     shares = null;
     distRevision = null;
     chartKey = '';
-    $('nodes-body').replaceChildren();
-    $('chart').replaceChildren();
-    $('audit').replaceChildren();
-    $('replicas').replaceChildren();
-    setText($('lookup-result'), '');
-    if ($('preview').open) $('preview').close();
+    page = 0;
+    for (const id of ['nodes-body', 'chart', 'audit', 'replicas', 'lookup-result']) {
+      $(id).replaceChildren();
+      delete $(id).dataset.key;
+    }
+    for (const id of ['banner', 'strategy-name', 'strategy-kind', 'strategy-source', 'revision', 'routable',
+      'total', 'panic', 'overrides-status', 'overrides-path', 'overrides-error', 'converged', 'store', 'nodes-count']) {
+      setText($(id), '');
+    }
+    $('filter').value = '';
+    filterText = '';
+    $('lookup-uid').value = '';
+    $('lookup-region').value = '';
+    if ($('preview').open) closePreview();
     showSignIn(error);
   }
 
@@ -139,6 +162,7 @@
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);
+    session += 1;
     setText($('signin-error'), '');
     showDashboard();
     await refresh();
@@ -147,13 +171,21 @@
 
   // ----- refreshing -----
 
+  // Every 3 s; slower for big fleets (a node list of thousands costs the
+  // server real work) and backing off while requests fail.
+  let failures = 0;
+  function interval() {
+    const base = nodes.size > 2000 ? REFRESH_MS * 3 : REFRESH_MS;
+    return Math.min(base * 2 ** Math.min(failures, 4), 30000);
+  }
+
   function schedule() {
     clearTimeout(timer);
     if (!token || document.hidden) return;
     timer = setTimeout(async () => {
       await refresh();
       schedule();
-    }, REFRESH_MS);
+    }, interval());
   }
 
   function refresh() {
@@ -163,15 +195,16 @@
   }
 
   async function load() {
+    const mine = session;
     try {
-      const [n, r, o, c, a] = await Promise.all([
-        api('GET', 'admin/nodes'),
-        api('GET', 'admin/routing'),
-        api('GET', 'admin/overrides?effective=false'),
-        api('GET', 'admin/cluster'),
-        api('GET', 'admin/audit?limit=10'),
-      ]);
-      if (!token) return;
+      // One after another: one connection per tab, not five (the admin
+      // listener's connections are shared with the gateways' heartbeats).
+      const n = await api('GET', 'admin/nodes');
+      const r = await api('GET', 'admin/routing');
+      const o = await api('GET', 'admin/overrides?effective=false');
+      const c = await api('GET', 'admin/cluster');
+      const a = await api('GET', 'admin/audit?limit=10');
+      if (!token || mine !== session) return;
       if (n.ok) {
         const seen = new Set();
         for (const node of n.data) {
@@ -187,6 +220,7 @@
       // The distribution changes only with the revision.
       if (r.ok && r.data.revision !== distRevision) {
         const d = await api('GET', `admin/routing/distribution?sample=${SAMPLE}`);
+        if (mine !== session) return;
         if (d.ok) {
           shares = new Map(d.data.nodes.map((x) => [x.node_id, x.share]));
           distRevision = d.data.revision;
@@ -197,13 +231,16 @@
       }
       renderNodes();
       const failed = [n, r, o, c, a].find((x) => !x.ok);
+      failures = failed ? failures + 1 : 0;
       setText($('banner'), failed ? `Some data could not be loaded: ${message(failed)}` : '');
     } catch (e) {
+      if (mine !== session) return;
       if (e instanceof AuthError) {
         signOut('The server no longer accepts this token; sign in again.');
         return;
       }
-      setText($('banner'), `Cannot reach the server (${e.message}); retrying every ${REFRESH_MS / 1000} s.`);
+      failures += 1;
+      setText($('banner'), `Cannot reach the server (${e.message}); retrying in ${Math.round(interval() / 1000)} s.`);
     }
   }
 
@@ -349,31 +386,38 @@
     return filterText.split(/\s+/).every((w) => hay.includes(w));
   }
 
+  // The table shows one page of the sorted, filtered nodes (rows are
+  // created once per node and patched in place); the chart shows them all.
   function renderNodes() {
     const started = performance.now();
-    for (const [id, n] of nodes) updateRow(rows.get(id) || makeRow(id), n);
     for (const [id, row] of rows) {
       if (!nodes.has(id)) {
         row.tr.remove();
         rows.delete(id);
       }
     }
-    const sorted = [...nodes.values()].sort(compare).map((n) => n.id);
+    order = [...nodes.values()].filter(matches).sort(compare).map((n) => n.id);
+    const pages = Math.max(1, Math.ceil(order.length / pageSize));
+    page = Math.min(page, pages - 1);
+    const shown = order.slice(page * pageSize, (page + 1) * pageSize);
     const body = $('nodes-body');
-    if (sorted.length !== order.length || sorted.some((id, i) => id !== order[i])) {
-      const frag = document.createDocumentFragment();
-      for (const id of sorted) frag.append(rows.get(id).tr);
-      body.append(frag);
-      order = sorted;
-    }
-    let shown = 0;
-    for (const id of order) {
-      const visible = matches(nodes.get(id));
-      const tr = rows.get(id).tr;
-      if (tr.hidden === visible) tr.hidden = !visible;
-      if (visible) shown += 1;
-    }
-    setText($('nodes-count'), filterText ? `${shown} of ${order.length} nodes` : `${order.length} nodes`);
+    const focused = document.activeElement;
+    // Move only the rows that are out of place.
+    shown.forEach((id, i) => {
+      const row = rows.get(id) || makeRow(id);
+      updateRow(row, nodes.get(id));
+      const at = body.children[i];
+      if (at !== row.tr) body.insertBefore(row.tr, at || null);
+    });
+    while (body.children.length > shown.length) body.lastElementChild.remove();
+    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus({ preventScroll: true });
+    setText($('nodes-count'), filterText ? `${order.length} of ${nodes.size} nodes` : `${nodes.size} nodes`);
+    setText($('page-info'), order.length
+      ? `${page * pageSize + 1}–${page * pageSize + shown.length} of ${order.length}`
+      : 'no nodes');
+    $('page-prev').disabled = page === 0;
+    $('page-next').disabled = page >= pages - 1;
+    $('pager').hidden = order.length <= pageSize;
     renderChart();
     // The slowest render so far, layout included (read by the tests).
     void body.offsetHeight;
@@ -383,7 +427,7 @@
 
   function renderChart() {
     const svg = $('chart');
-    const ids = order.filter((id) => !rows.get(id).tr.hidden);
+    const ids = order;
     const key = shares ? distRevision + '|' + ids.join(',') + '|' + ids.map((id) => (nodes.get(id).health.full ? 1 : 0)).join('') : '';
     if (key === chartKey) return;
     chartKey = key;
@@ -403,7 +447,7 @@
       rect.setAttribute('width', 8);
       rect.setAttribute('y', 100 - h);
       rect.setAttribute('height', h);
-      rect.setAttribute('data-node-id', id);
+      rect.setAttribute('data-node', id);
       if (nodes.get(id).health.full) rect.setAttribute('class', 'full');
       const title = document.createElementNS(ns, 'title');
       title.textContent = `${id}: ${(s * 100).toFixed(2)}% of users`;
@@ -427,6 +471,7 @@
   function onSort(event) {
     const th = event.target.closest('th[data-sort]');
     if (!th) return;
+    page = 0;
     const key = th.dataset.sort;
     sort.dir = sort.key === key ? -sort.dir : 1;
     sort.key = key;
@@ -438,6 +483,11 @@
   }
 
   // ----- preview and apply -----
+  //
+  // One dialog at a time; `pending` is its state. Every await is followed by
+  // a check that the dialog is still the one the request was made for, and
+  // every preview carries a number, so a late answer never acts on a newer
+  // dialog or a newer preview. Apply sends exactly the change last shown.
 
   function onAction(event) {
     const b = event.target.closest('button[data-action]');
@@ -446,7 +496,7 @@
     const node = nodes.get(id);
     if (!node) return;
     const [label, action, patch] = ACTIONS.find((x) => x[1] === b.dataset.action);
-    pending = { id, version: node.version, label, action, patch: null, opener: b };
+    pending = { id, version: node.version, label, action, seq: 0, shown: null, stale: false, busy: false, opener: b };
     setText($('preview-title'), `${label} ${id}`);
     $('preview-body').replaceChildren();
     setText($('preview-error'), '');
@@ -459,7 +509,7 @@
       $('weight-input').focus();
       $('weight-input').select();
     } else {
-      preview(patch);
+      preview(pending, patch);
     }
   }
 
@@ -473,12 +523,16 @@
     return { weight: w };
   }
 
-  async function preview(patch) {
-    if (!pending || !patch) return;
-    const mine = pending;
-    mine.patch = patch;
-    $('preview-apply').disabled = true;
-    setText($('preview-error'), '');
+  function canApply(mine) {
+    $('preview-apply').disabled = !(pending === mine && mine.shown && !mine.stale && !mine.busy);
+  }
+
+  async function preview(mine, patch) {
+    if (!mine || pending !== mine || !patch) return;
+    const seq = ++mine.seq;
+    mine.shown = null;
+    canApply(mine);
+    if (!mine.stale) setText($('preview-error'), '');
     $('preview-body').replaceChildren(el('p', { class: 'muted', text: 'Computing what this would move…' }));
     let r;
     try {
@@ -488,11 +542,12 @@
       });
     } catch (e) {
       if (e instanceof AuthError) return signOut('The server no longer accepts this token; sign in again.');
+      if (pending !== mine || seq !== mine.seq) return;
       setText($('preview-error'), `Cannot reach the server (${e.message}).`);
       $('preview-body').replaceChildren();
       return;
     }
-    if (pending !== mine) return;
+    if (pending !== mine || seq !== mine.seq) return;
     if (!r.ok) {
       $('preview-body').replaceChildren();
       setText($('preview-error'), message(r));
@@ -515,52 +570,65 @@
       el('p', { class: 'moved', 'data-moved': String(s.moved_fraction), text: `${(s.moved_fraction * 100).toFixed(2)}% of users would move` }),
       el('p', { class: 'muted', text: `${s.moved.toLocaleString('en')} of ${s.sample_size.toLocaleString('en')} sampled users; largest flows:` }),
       table);
-    $('preview-apply').disabled = false;
+    mine.shown = patch;
+    canApply(mine);
   }
 
   async function apply() {
-    if (!pending || !pending.patch) return;
     const mine = pending;
-    $('preview-apply').disabled = true;
+    if (!mine || !mine.shown || mine.stale || mine.busy) return;
+    const patch = mine.shown;
+    mine.busy = true;
+    canApply(mine);
     let r;
     try {
-      r = await api('PATCH', `admin/nodes/${encodeURIComponent(mine.id)}`, mine.patch, { 'If-Match': `"${mine.version}"` });
+      r = await api('PATCH', `admin/nodes/${segment(mine.id)}`, patch, { 'If-Match': `"${mine.version}"` });
     } catch (e) {
+      mine.busy = false;
       if (e instanceof AuthError) return signOut('The server no longer accepts this token; sign in again.');
+      if (pending !== mine) return;
       setText($('preview-error'), `Cannot reach the server (${e.message}).`);
-      $('preview-apply').disabled = false;
+      canApply(mine);
+      return;
+    }
+    mine.busy = false;
+    if (r.ok) nodes.set(r.data.id, r.data);
+    if (pending !== mine) {
+      if (r.ok) renderNodes();
       return;
     }
     if (r.status === 412) {
+      mine.stale = true;
       setText($('preview-error'),
         `Someone else changed ${mine.id} after you opened this preview (you saw version ${mine.version}). ` +
         'Nothing was applied. Reload to see the node as it is now and preview again.');
       $('preview-reload').hidden = false;
       $('preview-reload').focus();
+      canApply(mine);
       return;
     }
     if (!r.ok) {
       setText($('preview-error'), message(r));
-      $('preview-apply').disabled = false;
+      canApply(mine);
       return;
     }
-    nodes.set(r.data.id, r.data);
     closePreview();
-    setText($('banner'), '');
     await refresh();
   }
 
   async function reloadNode() {
-    if (!pending) return;
     const mine = pending;
+    if (!mine) return;
     let r;
     try {
-      r = await api('GET', `admin/nodes/${encodeURIComponent(mine.id)}`);
+      r = await api('GET', `admin/nodes/${segment(mine.id)}`);
     } catch (e) {
       if (e instanceof AuthError) return signOut('The server no longer accepts this token; sign in again.');
+      if (pending !== mine) return;
       setText($('preview-error'), `Cannot reach the server (${e.message}).`);
       return;
     }
+    if (pending !== mine) return;
     if (!r.ok) {
       setText($('preview-error'), message(r));
       return;
@@ -568,11 +636,15 @@
     nodes.set(r.data.id, r.data);
     renderNodes();
     mine.version = r.data.version;
+    mine.stale = false;
+    setText($('preview-error'), '');
     $('preview-reload').hidden = true;
     if (mine.action === 'weight') {
-      $('weight-input').value = mine.patch ? mine.patch.weight : r.data.weight;
+      const patch = weightPatch();
+      if (patch) await preview(mine, patch);
+    } else {
+      await preview(mine, ACTIONS.find((x) => x[1] === mine.action)[2]);
     }
-    await preview(mine.patch);
   }
 
   function closePreview() {
@@ -597,7 +669,16 @@
     if (region) q.set('region', region);
     let r;
     try {
-      r = await api('GET', `route?${q}`);
+      // The public endpoint: no token goes with it.
+      const resp = await fetch(`route?${q}`, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      const text = await resp.text();
+      let data = null;
+      try {
+        data = JSON.parse(text);
+      } catch (_) {
+        data = { msg: text };
+      }
+      r = { ok: resp.ok, status: resp.status, data };
     } catch (e) {
       out.replaceChildren(el('p', { class: 'error', text: `Cannot reach the server (${e.message}).` }));
       return;
@@ -608,7 +689,7 @@
     }
     const a = r.data;
     out.replaceChildren(
-      el('p', null, `${uid} → `, el('strong', { class: 'mono', 'data-node-id': a.node_id, text: a.node_id }),
+      el('p', null, `${uid} → `, el('strong', { class: 'mono', 'data-node': a.node_id, text: a.node_id }),
         ` (tcp ${a.tcp_addr || '–'}${a.ws_addr ? `, ws ${a.ws_addr}` : ''}${a.wss_addr ? `, wss ${a.wss_addr}` : ''})`),
       el('p', { class: 'muted', text: 'Candidates, in the order this user fails over:' }),
       el('ol', { class: 'candidates' }, ...(a.candidates || []).map((c) => el('li', { class: 'mono', text: `${c.node_id}${c.region ? ` (${c.region})` : ''} ${c.tcp_addr}` }))));
@@ -620,18 +701,38 @@
     $('signin-form').addEventListener('submit', signIn);
     $('sign-out').addEventListener('click', () => signOut(''));
     $('lookup-form').addEventListener('submit', lookup);
+    let filterTimer = null;
     $('filter').addEventListener('input', (e) => {
-      filterText = e.target.value.trim().toLowerCase();
+      clearTimeout(filterTimer);
+      filterTimer = setTimeout(() => {
+        filterText = e.target.value.trim().toLowerCase();
+        page = 0;
+        renderNodes();
+      }, 120);
+    });
+    $('page-prev').addEventListener('click', () => { page = Math.max(0, page - 1); renderNodes(); });
+    $('page-next').addEventListener('click', () => { page += 1; renderNodes(); });
+    $('page-size').addEventListener('change', (e) => {
+      pageSize = Number(e.target.value) || 100;
+      page = 0;
       renderNodes();
     });
     document.querySelector('#nodes thead').addEventListener('click', onSort);
     $('nodes-body').addEventListener('click', onAction);
-    $('weight-preview').addEventListener('click', () => preview(weightPatch()));
+    $('weight-preview').addEventListener('click', () => preview(pending, weightPatch()));
     $('weight-input').addEventListener('keydown', (e) => {
       if (e.key === 'Enter') {
         e.preventDefault();
-        preview(weightPatch());
+        preview(pending, weightPatch());
       }
+    });
+    // An edited weight is not the one previewed: preview it first.
+    $('weight-input').addEventListener('input', () => {
+      if (!pending) return;
+      pending.seq += 1;
+      pending.shown = null;
+      canApply(pending);
+      $('preview-body').replaceChildren(el('p', { class: 'muted', text: 'Preview the new weight to see what it would move.' }));
     });
     $('preview-apply').addEventListener('click', apply);
     $('preview-cancel').addEventListener('click', closePreview);

@@ -375,10 +375,18 @@ impl<E: Endpoint> Outer<E> {
                 // Served where the admin API is (the page is useless
                 // elsewhere); the files hold no secret, so no token.
                 self.state.access.reachable(&req)?;
-                if req.method() == Method::GET || req.method() == Method::HEAD {
-                    if let Some(resp) = ui::serve(path) {
+                if let Some(resp) = ui::serve(path) {
+                    if req.method() == Method::GET || req.method() == Method::HEAD {
                         return Ok(resp);
                     }
+                    return Ok(ApiError::new(
+                        poem::http::StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        "the dashboard's files answer GET and HEAD only",
+                    )
+                    .into_response()
+                    .with_header(poem::http::header::ALLOW, "GET, HEAD")
+                    .into_response());
                 }
             }
             if let Some(query) = req.uri().query() {

@@ -18,7 +18,7 @@ use super::{
     strategies::StrategyWrite,
     ApiTags, AppState,
 };
-use crate::control::plan::{self, Change, Sample, MAX_SAMPLE};
+use crate::control::plan::{self, distribute, Change, Distribution, Sample, MAX_SAMPLE};
 
 pub struct PlanApi;
 
@@ -156,6 +156,21 @@ async fn run<T: Send + 'static>(
     })
     .await
     .map_err(|_| ApiError::internal())
+}
+
+/// The last distribution answered, by (revision, sample size, seed,
+/// region). A revision is a content hash of everything routing reads, so
+/// an entry is right for any table with that revision, in any process.
+static DISTRIBUTION_CACHE: std::sync::Mutex<Option<(String, Arc<Distribution>)>> =
+    std::sync::Mutex::new(None);
+
+fn cached_distribution(key: &str) -> Option<Arc<Distribution>> {
+    DISTRIBUTION_CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|(k, _)| k == key)
+        .map(|(_, d)| d.clone())
 }
 
 /// A plan given up on (only reachable once its client has gone).
@@ -381,11 +396,25 @@ impl PlanApi {
     ) -> Result<Json<DistributionDto>, ApiError> {
         let sample = synthetic(sample.0, seed.0, "sample")?;
         let region = super::route::parse_region(region.0.as_deref())?.map(str::to_owned);
-        let ctl = state.ctl.clone();
-        let d = run(move |stop| ctl.distribution(&sample, region.as_deref(), stop))
+        // The same question about the same table has the same answer: the
+        // last one is kept (every open dashboard asks it after each change).
+        let snap = state.ctl.current();
+        let key = format!(
+            "{}|{}|{:?}|{:?}",
+            snap.table.revision(),
+            sample.len(),
+            seed.0.unwrap_or(1),
+            region
+        );
+        if let Some(d) = cached_distribution(&key) {
+            return Ok(Json((*d).clone().into()));
+        }
+        let d = run(move |stop| distribute(&snap.table, &sample, region.as_deref(), stop))
             .await?
             .ok_or_else(gone)?;
-        Ok(Json(d.into()))
+        let d = Arc::new(d);
+        *DISTRIBUTION_CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, d.clone()));
+        Ok(Json((*d).clone().into()))
     }
 
     /// What proposed changes would do

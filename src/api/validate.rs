@@ -157,6 +157,12 @@ fn check_query(param: &str, raw: &str, schema: &Value) -> Result<(), String> {
             ));
         }
     }
+    if schema["type"] == "boolean" && raw != "true" && raw != "false" {
+        return Err(format!(
+            "{param}: must be true or false, got {:?}",
+            crate::model::truncate(raw)
+        ));
+    }
     if schema["type"] == "integer" {
         // i128 holds every i64 and u64 parameter.
         let ok = raw.parse::<i128>().is_ok_and(|n| {

@@ -8,6 +8,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -58,14 +59,42 @@ pub struct Browser {
     base: String,
     session: String,
     http: reqwest::Client,
+    quit: bool,
     _profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
+    /// Ends the session (ChromeDriver then closes Chromium), also when a
+    /// test panicked before `quit`, then kills the driver's whole process
+    /// group, so no browser outlives its test.
     fn drop(&mut self) {
+        if !self.quit {
+            let _ = delete_session(&self.base, &self.session);
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.driver.id()))
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// `DELETE /session/{id}` without an async runtime (for `Drop`).
+fn delete_session(base: &str, session: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Ok(())
 }
 
 impl Browser {
@@ -82,32 +111,46 @@ impl Browser {
                 return None;
             }
         };
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().unwrap().port()
-        };
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http
-                .get(format!("{base}/status"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success());
-            if ready.is_some() {
-                break;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        // A port picked here may be taken by another test before the driver
+        // binds it: then the driver exits, and we try another.
+        let (mut child, base) = 'start: {
+            for _ in 0..5 {
+                let port = {
+                    let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+                    l.local_addr().unwrap().port()
+                };
+                let mut child = Command::new(&driver)
+                    .arg(format!("--port={port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .expect("chromedriver starts");
+                let base = format!("http://127.0.0.1:{port}");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    if child.try_wait().ok().flatten().is_some() {
+                        break;
+                    }
+                    let ready = http
+                        .get(format!("{base}/status"))
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success());
+                    if ready.is_some() {
+                        break 'start (child, base);
+                    }
+                    assert!(Instant::now() < deadline, "chromedriver never answered");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-            assert!(Instant::now() < deadline, "chromedriver never answered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            panic!("chromedriver could not start");
+        };
         let profile = tempfile::tempdir().expect("profile dir");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -131,15 +174,16 @@ impl Browser {
             .json()
             .await
             .expect("session json");
-        let session = resp["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {resp}"))
-            .to_owned();
+        let Some(session) = resp["value"]["sessionId"].as_str().map(str::to_owned) else {
+            let _ = child.kill();
+            panic!("no session: {resp}");
+        };
         Some(Browser {
             driver: child,
             base,
             session,
             http,
+            quit: false,
             _profile: profile,
         })
     }
@@ -258,15 +302,14 @@ impl Browser {
     /// Console messages at level SEVERE since the last call.
     pub async fn console_errors(&self) -> Vec<String> {
         let v = self.post("/se/log", json!({"type": "browser"})).await;
-        v.as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter(|e| e["level"] == "SEVERE")
-                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let entries = v
+            .as_array()
+            .unwrap_or_else(|| panic!("the browser log could not be read: {v}"));
+        entries
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 
     /// Every URL the page has loaded or fetched.
@@ -284,11 +327,29 @@ impl Browser {
             .collect()
     }
 
-    pub async fn quit(self) {
+    /// Opens a new tab in front (the page's tab becomes hidden).
+    pub async fn new_tab(&self) {
+        let v = self.post("/window/new", json!({"type": "tab"})).await;
+        let handle = v["handle"].as_str().expect("new tab").to_owned();
+        self.post("/window", json!({"handle": handle})).await;
+    }
+
+    /// Closes the front tab and shows the first one again.
+    pub async fn back_to_first_tab(&self) {
+        self.cmd(reqwest::Method::DELETE, "/window", None).await;
+        let handles = self
+            .cmd(reqwest::Method::GET, "/window/handles", None)
+            .await;
+        let first = handles[0].as_str().expect("a tab").to_owned();
+        self.post("/window", json!({"handle": first})).await;
+    }
+
+    pub async fn quit(mut self) {
         let _ = self
             .http
             .delete(format!("{}/session/{}", self.base, self.session))
             .send()
             .await;
+        self.quit = true;
     }
 }

@@ -324,15 +324,19 @@ async fn an_overrides_file_error_and_a_uid_lookup_show_on_the_page() {
         app.add_node(&format!("gw-{i}"), json!({})).await;
     }
     sign_in(&b, &app).await;
-    assert_eq!(b.text("#overrides-status").await, "ok");
+    b.wait_until(
+        "the overrides status",
+        "document.getElementById('overrides-status').textContent === 'ok'",
+    )
+    .await;
 
     // The uid lookup, with candidates.
     b.type_into("#lookup-uid", &format!("alice{ENTER}")).await;
-    b.wait_for("#lookup-result strong[data-node-id]").await;
+    b.wait_for("#lookup-result strong[data-node]").await;
     let answer = app.get_json("/route?uid=alice&candidates=3").await;
     let shown = b
         .js(
-            "return document.querySelector('#lookup-result strong').dataset.nodeId;",
+            "return document.querySelector('#lookup-result strong').dataset.node;",
             json!([]),
         )
         .await;
@@ -404,23 +408,38 @@ async fn a_thousand_nodes_render_within_a_second_and_sort_and_filter() {
         .await
     );
     sign_in(&b, &app).await;
+    // A page of 100 rows; the chart has every node.
     b.wait_until(
-        "1000 rows",
-        "document.querySelectorAll('#nodes-body tr').length === 1000",
+        "the first page",
+        "document.querySelectorAll('#nodes-body tr').length === 100 && document.querySelectorAll('#chart rect').length === 1000",
     )
     .await;
+    assert_eq!(b.text("#nodes-count").await, "1000 nodes");
+    assert_eq!(b.text("#page-info").await, "1–100 of 1000");
     let render_ms = b
         .js("return Number(document.body.dataset.renderMs);", json!([]))
         .await
         .as_f64()
         .unwrap();
-    println!("1000 nodes: the table and chart rendered in {render_ms:.0} ms");
+    println!("1000 nodes: the table page and chart rendered in {render_ms:.0} ms");
     assert!(render_ms < 1000.0, "{render_ms} ms");
+    b.click("#page-next").await;
+    b.wait_until(
+        "the second page",
+        "document.getElementById('page-info').textContent === '101–200 of 1000' && document.querySelector('#nodes-body tr').dataset.nodeId === 'gw-0100'",
+    )
+    .await;
     b.screenshot("thousand-nodes").await;
 
-    // Sort by weight (descending on the second click).
+    // Sort by weight (descending on the second click): over every node,
+    // from the first page.
     b.click("th[data-sort=\"weight\"] button").await;
     b.click("th[data-sort=\"weight\"] button").await;
+    b.wait_until(
+        "the sort",
+        "document.querySelector('th[data-sort=\"weight\"]').getAttribute('aria-sort') === 'descending'",
+    )
+    .await;
     let weights: Vec<u64> = b
         .js(
             "return [...document.querySelectorAll('#nodes-body tr')].slice(0, 50).map(tr => Number(tr.children[3].textContent));",
@@ -433,6 +452,7 @@ async fn a_thousand_nodes_render_within_a_second_and_sort_and_filter() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert!(weights.windows(2).all(|w| w[0] >= w[1]), "{weights:?}");
+    assert_eq!(weights[0], 200, "the heaviest node of all comes first");
     assert_eq!(
         b.js(
             "return document.querySelector('th[data-sort=\"weight\"]').getAttribute('aria-sort');",
@@ -445,10 +465,18 @@ async fn a_thousand_nodes_render_within_a_second_and_sort_and_filter() {
     b.type_into("#filter", "gw-099").await;
     b.wait_until(
         "the filter",
-        "document.querySelectorAll('#nodes-body tr:not([hidden])').length === 10",
+        "document.querySelectorAll('#nodes-body tr').length === 10",
     )
     .await;
     assert_eq!(b.text("#nodes-count").await, "10 of 1000 nodes");
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('#chart rect').length;",
+            json!([])
+        )
+        .await,
+        10
+    );
     let errors = b.console_errors().await;
     assert!(errors.is_empty(), "{errors:?}");
     b.quit().await;
@@ -475,4 +503,157 @@ async fn the_api_docs_load_without_console_errors() {
         assert!(url.starts_with(&host), "a request to another host: {url}");
     }
     b.quit().await;
+}
+
+/// Requests the page made to an admin endpoint, from the server's counter.
+async fn admin_requests(app: &TestApp, endpoint: &str) -> u64 {
+    let m = app.metrics().await;
+    let key = format!("imroute_http_requests_total{{endpoint=\"{endpoint}\",status=\"200\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn refreshing_pauses_while_hidden_keeps_focus_and_stops_at_sign_out() {
+    let Some(b) = Browser::start("ui refresh").await else {
+        return;
+    };
+    let app = spawn_app().await;
+    for i in 1..=3 {
+        app.add_node(&format!("gw-{i}"), json!({})).await;
+    }
+    sign_in(&b, &app).await;
+    b.wait_for("tr[data-node-id=\"gw-3\"]").await;
+    // Refreshes arrive by themselves, and a change shows without a reload.
+    heartbeat(&app, "gw-2", 4321).await;
+    b.wait_until(
+        "the refresh",
+        "document.querySelector('tr[data-node-id=\"gw-2\"]').textContent.includes('4321')",
+    )
+    .await;
+    // Focus stays on a row's button across refreshes that re-sort the rows.
+    b.click("th[data-sort=\"connections\"] button").await;
+    b.js(
+        "document.querySelector('tr[data-node-id=\"gw-1\"] button[data-action=\"weight\"]').focus(); return 1;",
+        json!([]),
+    )
+    .await;
+    heartbeat(&app, "gw-1", 9999).await;
+    b.wait_until(
+        "gw-1 moves down",
+        "document.querySelector('#nodes-body tr:last-child').dataset.nodeId === 'gw-1'",
+    )
+    .await;
+    assert_eq!(
+        b.js(
+            "const a = document.activeElement; return a.dataset.action + ' ' + a.closest('tr').dataset.nodeId;",
+            json!([])
+        )
+        .await,
+        "weight gw-1"
+    );
+    // Hidden (another tab in front): no refresh.
+    b.new_tab().await;
+    let before = admin_requests(&app, "/admin/nodes").await;
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    let hidden = admin_requests(&app, "/admin/nodes").await - before;
+    assert!(hidden <= 1, "{hidden} refreshes while hidden");
+    b.back_to_first_tab().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            admin_requests(&app, "/admin/nodes").await > before + hidden
+        })
+        .await,
+        "refreshes resume when the tab is shown"
+    );
+    // Signed out: no refresh at all.
+    b.click("#sign-out").await;
+    b.wait_until(
+        "the sign-in form",
+        "!document.getElementById('signin-view').hidden",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at = admin_requests(&app, "/admin/nodes").await;
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    assert_eq!(
+        admin_requests(&app, "/admin/nodes").await,
+        at,
+        "no refresh after sign-out"
+    );
+    let errors = b.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    b.quit().await;
+}
+
+/// The page's files over plain HTTP: types, the CSP, HEAD, the redirects,
+/// methods, and where the dashboard is served when the admin API has its
+/// own listener.
+#[tokio::test]
+async fn the_dashboard_files_are_served_with_a_strict_policy_where_the_admin_api_is() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (path, kind) in [
+        ("/ui", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let resp = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let h = resp.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+        let len = resp.bytes().await.unwrap().len();
+        let head = client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["content-length"].to_str().unwrap(),
+            len.to_string()
+        );
+        let post = client.post(app.url(path)).send().await.unwrap();
+        assert_eq!(post.status(), 405, "{path}");
+        assert_eq!(post.headers()["allow"], "GET, HEAD");
+    }
+    // Relative redirects (a proxy's path prefix survives them).
+    let root = client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 302);
+    assert_eq!(root.headers()["location"], "ui");
+    let slash = client.get(app.url("/ui/")).send().await.unwrap();
+    assert_eq!(slash.headers()["location"], "../ui");
+    for path in ["/ui/nope.js", "//evil.example/ui", "/ui/../admin"] {
+        let resp = client.get(app.url(path)).send().await.unwrap();
+        assert!(
+            resp.status() == 404 || resp.status() == 401,
+            "{path}: {}",
+            resp.status()
+        );
+        assert!(resp.headers().get("location").is_none());
+    }
+
+    // With admin_listen: only on the admin listener.
+    let app = spawn_app_with(|c| c.admin_listen = Some("127.0.0.1:0".into())).await;
+    for path in ["/", "/ui", "/ui/app.js"] {
+        let public = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), 404, "{path} on the public listener");
+        let admin = client
+            .get(format!("http://{}{path}", app.state_admin_addr()))
+            .send()
+            .await
+            .unwrap();
+        assert!(admin.status() == 200 || admin.status() == 302, "{path}");
+    }
 }
