@@ -16,7 +16,7 @@ async fn strategy_kinds_list_the_plugins_with_schemas() {
         .iter()
         .map(|k| k["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hash", "weighted", "region"]);
+    assert_eq!(names, ["hash", "weighted", "region", "bounded"]);
     for k in kinds.as_array().unwrap() {
         assert!(!k["description"].as_str().unwrap().is_empty());
         assert_eq!(k["params_schema"]["type"], "object");
