@@ -219,28 +219,73 @@ pub fn actor(req: &Request) -> Actor {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn request_id(req: &Request) -> String {
-    if let Some(v) = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
-            return v.to_owned();
+/// A request's id: the client's `X-Request-Id` when it is usable, else
+/// `{8 hex of a per-process random prefix}-{12 hex of a counter}`, unique
+/// within the process and unlikely to repeat across processes. Made
+/// without allocating (this runs on every request); a `String` is made
+/// only for the requests that reach a handler.
+enum Rid {
+    Given(HeaderValue),
+    Made([u8; 21]),
+}
+
+impl Rid {
+    fn of(req: &Request) -> Rid {
+        if let Some(v) = req.headers().get(X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
+                return Rid::Given(v.clone());
+            }
+        }
+        static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut b = [0u8; 4];
+            let _ = getrandom::fill(&mut b);
+            u32::from_le_bytes(b)
+        });
+        let seq = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 21];
+        for (i, slot) in out[..8].iter_mut().enumerate() {
+            *slot = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in out[9..].iter_mut().enumerate() {
+            *slot = HEX[((seq >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        Rid::Made(out)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Rid::Given(v) => v.to_str().unwrap_or_default(),
+            // Hex digits and a dash: ASCII.
+            Rid::Made(b) => std::str::from_utf8(b).unwrap_or_default(),
         }
     }
-    // Unique within the process and unlikely to repeat across processes.
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        let mut b = [0u8; 4];
-        let _ = getrandom::fill(&mut b);
-        u32::from_le_bytes(b)
-    });
-    format!(
-        "{prefix:08x}-{:012x}",
-        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+
+    fn header(&self) -> HeaderValue {
+        match self {
+            Rid::Given(v) => v.clone(),
+            Rid::Made(b) => HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-")),
+        }
+    }
 }
+
+impl std::fmt::Display for Rid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const X_REQUEST_ID: poem::http::HeaderName = poem::http::HeaderName::from_static("x-request-id");
+const X_CONTENT_TYPE_OPTIONS: poem::http::HeaderName =
+    poem::http::HeaderName::from_static("x-content-type-options");
+const CONTENT_SECURITY_POLICY: poem::http::HeaderName =
+    poem::http::HeaderName::from_static("content-security-policy");
+const X_FRAME_OPTIONS: poem::http::HeaderName =
+    poem::http::HeaderName::from_static("x-frame-options");
+const REFERRER_POLICY: poem::http::HeaderName =
+    poem::http::HeaderName::from_static("referrer-policy");
 
 /// Whether a Content-Type names JSON as the handlers read it (the `mime`
 /// parse, case-insensitive): `application/json` or `application/*+json`.
@@ -365,7 +410,7 @@ fn takes_body(method: &Method, endpoint: &str) -> bool {
 }
 
 impl<E: Endpoint> Outer<E> {
-    async fn handle(&self, mut req: Request, endpoint: &'static str) -> Response {
+    async fn handle(&self, mut req: Request, endpoint: &'static str, rid: &Rid) -> Response {
         let run = async {
             let path = req.uri().path();
             if path == "/admin" || path.starts_with("/admin/") {
@@ -445,6 +490,10 @@ impl<E: Endpoint> Outer<E> {
                     return Ok(resp);
                 }
             }
+            // Only what reaches a handler needs these (the routes above do not).
+            req.extensions_mut()
+                .insert(RequestId(rid.as_str().to_owned()));
+            req.extensions_mut().insert(self.state.clone());
             Ok::<_, poem::Error>(self.inner.call(req).await?.into_response())
         };
         match std::panic::AssertUnwindSafe(run).catch_unwind().await {
@@ -461,12 +510,10 @@ impl<E: Endpoint> Outer<E> {
 impl<E: Endpoint> Endpoint for Outer<E> {
     type Output = Response;
 
-    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+    async fn call(&self, req: Request) -> poem::Result<Response> {
         let start = Instant::now();
         let endpoint = endpoint_of(req.uri().path());
-        let rid = request_id(&req);
-        req.extensions_mut().insert(RequestId(rid.clone()));
-        req.extensions_mut().insert(self.state.clone());
+        let rid = Rid::of(&req);
         let method = req.method().clone();
         let span = tracing::info_span!("request", request_id = %rid);
         let path_kind = PathKind::of(req.uri().path());
@@ -480,9 +527,11 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         let mut resp = if let Some(resp) = preflight {
             resp
         } else if span.is_disabled() {
-            self.handle(req, endpoint).await
+            self.handle(req, endpoint, &rid).await
         } else {
-            self.handle(req, endpoint).instrument(span.clone()).await
+            self.handle(req, endpoint, &rid)
+                .instrument(span.clone())
+                .await
         };
         self.state
             .cors
@@ -511,9 +560,7 @@ impl<E: Endpoint> Endpoint for Outer<E> {
         span.in_scope(|| {
             tracing::debug!(%method, endpoint, status, micros = elapsed.as_micros() as u64, "Request served");
         });
-        if let Ok(v) = HeaderValue::from_str(&rid) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        resp.headers_mut().insert(X_REQUEST_ID, rid.header());
         security_headers(&mut resp, path_kind);
         Ok(resp)
     }
@@ -579,10 +626,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
 /// `nosniff` everywhere; admin answers are never cached; pages get a CSP.
 fn security_headers(resp: &mut Response, kind: PathKind) {
     let headers = resp.headers_mut();
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     match kind {
         PathKind::Admin => {
             headers.insert(
@@ -591,19 +635,16 @@ fn security_headers(resp: &mut Response, kind: PathKind) {
             );
         }
         PathKind::Page => {
-            headers.insert(
-                "content-security-policy",
-                HeaderValue::from_static(PAGE_CSP),
-            );
-            headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+            headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+            headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         }
         PathKind::Ui => {
             headers.insert(
-                "content-security-policy",
+                CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(ui::UI_CSP),
             );
-            headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-            headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+            headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         }
         PathKind::Other => {}
     }

@@ -99,7 +99,7 @@ impl_apirequest_for_payload!(UidBatch);
 /// A pre-serialised JSON answer with the routing revision header.
 pub struct RoutedJson<T> {
     body: Vec<u8>,
-    revision: String,
+    revision: bytes::Bytes,
     /// Held until the body is sent (or the connection goes): the share of
     /// the answer budget that a large answer takes.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -107,15 +107,18 @@ pub struct RoutedJson<T> {
 }
 
 impl<T> RoutedJson<T> {
-    fn new(body: Vec<u8>, revision: &str) -> Self {
+    fn new(body: Vec<u8>, revision: bytes::Bytes) -> Self {
         RoutedJson {
             body,
-            revision: revision.to_owned(),
+            revision,
             permit: None,
             _schema: std::marker::PhantomData,
         }
     }
 }
+
+const X_ROUTING_REVISION: header::HeaderName =
+    header::HeaderName::from_static("x-routing-revision");
 
 /// The most bytes one answer with candidates may have: a list per user
 /// repeats up to K+1 node objects, so an answer can be hundreds of times
@@ -154,8 +157,8 @@ impl<T: Send> IntoResponse for RoutedJson<T> {
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
-        if let Ok(v) = HeaderValue::from_str(&self.revision) {
-            resp.headers_mut().insert("x-routing-revision", v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(self.revision) {
+            resp.headers_mut().insert(X_ROUTING_REVISION, v);
         }
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -268,23 +271,20 @@ impl RouteQuery {
 
     /// Parses a raw query string (`intranet=1&region=eu`); unknown parameters
     /// are ignored, as the documented operation ignores them.
+    /// The first of each known parameter, decoded as form encoding (what
+    /// `serde_urlencoded` reads); values are borrowed from the query unless
+    /// they hold escapes, and only the ones kept are copied.
     pub fn parse(query: &str) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                "the query string is not valid form encoding",
-            )
-        })?;
         let mut uid = None;
         let mut intranet = None;
         let mut region = None;
         let mut candidates = None;
-        for (key, value) in pairs {
-            match key.as_str() {
-                "uid" => uid = uid.or(Some(value)),
-                "intranet" => intranet = intranet.or(Some(value)),
-                "region" => region = region.or(Some(value)),
-                "candidates" => candidates = candidates.or(Some(value)),
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "uid" if uid.is_none() => uid = Some(value.into_owned()),
+                "intranet" if intranet.is_none() => intranet = Some(value),
+                "region" if region.is_none() => region = Some(value.into_owned()),
+                "candidates" if candidates.is_none() => candidates = Some(value),
                 _ => {}
             }
         }
@@ -349,7 +349,7 @@ pub fn batch(
             .route_batch_candidates_json(&refs, region, query.intranet, k, count),
     }
     .map_err(|_| ApiError::no_routable_node())?;
-    let mut answer = RoutedJson::new(json, snap.table.revision());
+    let mut answer = RoutedJson::new(json, snap.table.revision_bytes());
     if query.candidates.is_some() {
         // Answers with candidates share one budget while they are sent: a
         // client that does not read cannot pin gigabytes.
@@ -458,7 +458,7 @@ pub fn one(
     }
     .map_err(|_| ApiError::no_routable_node())?;
     snap.routed[node].inc();
-    Ok(RoutedJson::new(json, snap.table.revision()))
+    Ok(RoutedJson::new(json, snap.table.revision_bytes()))
 }
 
 /// The hot path: `POST /route/batch` and `GET /route` answered straight from

@@ -335,7 +335,9 @@ pub struct TableStats {
 
 /// An immutable routing snapshot.
 pub struct Table {
-    revision: String,
+    /// Hex, ASCII; shared bytes so that every answer's header is a
+    /// reference count, not a copy.
+    revision: bytes::Bytes,
     strategy: StrategyInput,
     nodes: Vec<Arc<PreparedNode>>,
     placement: Box<dyn Placement>,
@@ -445,7 +447,7 @@ impl Table {
             .unwrap_or(0);
         Table {
             max_fragment,
-            revision: revision_of(input, &routable, &candidates, panic),
+            revision: bytes::Bytes::from(revision_of(input, &routable, &candidates, panic)),
             strategy: input.strategy.clone(),
             nodes: routable,
             placement,
@@ -461,7 +463,12 @@ impl Table {
     /// A content hash of what routing reads: equal inputs give equal revisions,
     /// on every replica and after restarts.
     pub fn revision(&self) -> &str {
-        &self.revision
+        std::str::from_utf8(&self.revision).unwrap_or_default()
+    }
+
+    /// The revision as shared bytes (for a header).
+    pub fn revision_bytes(&self) -> bytes::Bytes {
+        self.revision.clone()
     }
 
     pub fn strategy(&self) -> &StrategyInput {
