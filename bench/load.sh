@@ -121,7 +121,10 @@ awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v frps="$frps" -v fp50="$fp50" \
 echo
 echo "## 10,000-uid batch, one connection (latency as the client sees it)"
 read -r rps p50 p99 <<<"$(run "$BASE/route/batch?intranet=0" "$work/body-10000.json" 1)"
-echo "req/s $rps, p50 ${p50} ms, p99 ${p99} ms"
+read -r frps fp50 fp99 <<<"$(run "http://127.0.0.1:$FLOOR_PORT/route/batch" "$work/body-10000.json" 1)"
+echo "imroute: req/s $rps, p50 ${p50} ms, p99 ${p99} ms"
+echo "floor:   req/s $frps, p50 ${fp50} ms, p99 ${fp99} ms"
+awk -v a="$p50" -v b="$fp50" 'BEGIN { printf "time ratio (p50, imroute / floor): %.2f\n", a / b }'
 
 echo
 echo "## Throughput while admin writes and overrides reloads arrive (100-uid batches)"

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, hint::black_box};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imroute::{
-    api::uids::parse_batch,
+    api::uids::{parse_uids, Uids},
     config::Limits,
     control::plan::{compare, Sample},
     model::{Addrs, NodeState},
@@ -98,16 +98,20 @@ fn batch(c: &mut Criterion) {
     group.bench_function("route_group_serialize", |b| {
         b.iter(|| {
             black_box(
-                t.route_batch_json(black_box(&refs), None, false, |_, _| {})
+                t.route_batch_json(black_box(&refs), None, false, false, |_, _| {})
                     .unwrap(),
             )
         })
     });
     group.bench_function("parse_route_group_serialize", |b| {
         b.iter(|| {
-            let parsed = parse_batch(black_box(&body), &limits).unwrap();
-            let refs: Vec<&str> = parsed.iter().map(|u| &**u).collect();
-            black_box(t.route_batch_json(&refs, None, false, |_, _| {}).unwrap())
+            let Ok(Uids::Plain(refs)) = parse_uids(black_box(&body), &limits) else {
+                unreachable!("plain uids")
+            };
+            black_box(
+                t.route_batch_json(&refs, None, false, true, |_, _| {})
+                    .unwrap(),
+            )
         })
     });
     group.finish();

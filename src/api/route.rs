@@ -15,7 +15,11 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi,
 };
 
-use super::{error::ApiError, uids::parse_batch, ApiTags, AppState};
+use super::{
+    error::ApiError,
+    uids::{parse_uids, Uids},
+    ApiTags, AppState,
+};
 use crate::model::valid_id;
 
 pub struct RouteApi;
@@ -309,8 +313,15 @@ pub fn batch(
         },
         _ => &state.ctl.limits,
     };
-    let uids = parse_batch(body, limits)?;
-    let refs: Vec<&str> = uids.iter().map(|u| &**u).collect();
+    let parsed = parse_uids(body, limits)?;
+    let mixed: Vec<&str>;
+    let (refs, plain): (&[&str], bool) = match &parsed {
+        Uids::Plain(v) => (v, true),
+        Uids::Mixed(v) => {
+            mixed = v.iter().map(|u| &**u).collect();
+            (&mixed, false)
+        }
+    };
     let snap = state.ctl.snapshot();
     // A bound on the answer of a batch with candidates, from the longest
     // node object: past it 413, before any routing.
@@ -343,10 +354,10 @@ pub fn batch(
     let json = match query.candidates {
         None => snap
             .table
-            .route_batch_json(&refs, region, query.intranet, count),
+            .route_batch_json(refs, region, query.intranet, plain, count),
         Some(k) => snap
             .table
-            .route_batch_candidates_json(&refs, region, query.intranet, k, count),
+            .route_batch_candidates_json(refs, region, query.intranet, k, count),
     }
     .map_err(|_| ApiError::no_routable_node())?;
     let mut answer = RoutedJson::new(json, snap.table.revision_bytes());

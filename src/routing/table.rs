@@ -668,7 +668,7 @@ impl Table {
         let at = usize::from(intranet);
         let text: usize = uids.iter().map(|u| u.len() + 3).sum();
         let capacity = text + group_len.len() * 160 * (k + 1) + 2;
-        let out = self.write_groups(uids, &assigned, &group_len, capacity, |out, g| {
+        let out = self.write_groups(uids, false, &assigned, &group_len, capacity, |out, g| {
             let (key, len) = &group_key[g];
             out.extend_from_slice(b"\"candidates\":");
             self.write_candidates(out, key[..*len].iter().map(|&i| i as usize), at);
@@ -686,6 +686,7 @@ impl Table {
     fn write_groups(
         &self,
         uids: &[&str],
+        plain: bool,
         assigned: &[u32],
         group_len: &[u32],
         capacity: usize,
@@ -719,7 +720,14 @@ impl Table {
                 if n > 0 {
                     out.push(b',');
                 }
-                write_json_str(&mut out, uids[pos as usize]);
+                let uid = uids[pos as usize];
+                if plain {
+                    out.push(b'"');
+                    out.extend_from_slice(uid.as_bytes());
+                    out.push(b'"');
+                } else {
+                    write_json_str(&mut out, uid);
+                }
             }
             out.extend_from_slice(b"],");
             tail(&mut out, g);
@@ -745,12 +753,16 @@ impl Table {
 
     /// Routes a batch and writes the JSON answer: groups in order of the first
     /// appearance of their first uid, uids in input order, duplicates once.
-    /// `per_node[i]` receives the number of uids placed on node `i`.
+    /// `per_node[i]` receives the number of uids placed on node `i`. With
+    /// `plain`, the caller vouches that no uid needs escaping in JSON (none
+    /// holds a quote, a backslash or a control character), and the uids are
+    /// copied without a check.
     pub fn route_batch_json(
         &self,
         uids: &[&str],
         region_hint: Option<&str>,
         intranet: bool,
+        plain: bool,
         mut per_node: impl FnMut(usize, usize),
     ) -> Result<Vec<u8>, NoRoutableNode> {
         if uids.is_empty() {
@@ -791,7 +803,7 @@ impl Table {
         }
         let frags = |node: u32| &self.nodes[node as usize].fragments[usize::from(intranet)];
         Ok(
-            self.write_groups(uids, &assigned, &group_len, out_len, |out, g| {
+            self.write_groups(uids, plain, &assigned, &group_len, out_len, |out, g| {
                 let node = group_node[g];
                 out.extend_from_slice(frags(node));
                 per_node(node as usize, group_len[g] as usize);

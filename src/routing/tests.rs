@@ -1171,3 +1171,23 @@ fn a_reconnect_storm_stays_within_the_balance_factor_with_bounded() {
     assert!(bounded <= 1.25, "bounded {bounded}");
     assert!(bounded < hash, "bounded {bounded} vs hash {hash}");
 }
+
+/// The unchecked copy of plain uids writes what the escaping writer writes.
+#[test]
+fn plain_uids_are_written_as_the_escaping_writer_writes_them() {
+    let t = table("hash", json!({}), equal_nodes(7));
+    let owned: Vec<String> = (0..500)
+        .map(|i| format!("user-{i}-é-{}", "x".repeat(i % 9)))
+        .collect();
+    let mut uids: Vec<&str> = owned.iter().map(String::as_str).collect();
+    uids.push("user-1-é-x"); // a duplicate
+    let a = t
+        .route_batch_json(&uids, None, false, true, |_, _| {})
+        .unwrap();
+    let b = t
+        .route_batch_json(&uids, None, false, false, |_, _| {})
+        .unwrap();
+    assert_eq!(a, b);
+    let parsed: Value = serde_json::from_slice(&a).unwrap();
+    assert!(parsed.as_array().is_some_and(|g| !g.is_empty()));
+}
