@@ -290,6 +290,10 @@ const REFERRER_POLICY: poem::http::HeaderName =
 /// Whether a Content-Type names JSON as the handlers read it (the `mime`
 /// parse, case-insensitive): `application/json` or `application/*+json`.
 pub(crate) fn is_json(content_type: &str) -> bool {
+    // The common spelling without a full parse (this runs on every batch).
+    if content_type == "application/json" {
+        return true;
+    }
     matches!(content_type.parse::<mime::Mime>(), Ok(m)
         if m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")))
 }
@@ -330,17 +334,32 @@ async fn limit_body(
         busy
     };
     let mut stream = std::pin::pin!(req.take_body().into_bytes_stream());
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024) as usize);
+    // A body that arrives in one piece (most) is kept as it came; pieces
+    // are copied together only from the second one on.
+    let mut single: Option<bytes::Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut charged = 0u32;
     while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
         let chunk = chunk
             .map_err(|_| ApiError::bad_request("invalid_body", "cannot read the request body"))?;
-        if buf.len() + chunk.len() > max {
+        if len + chunk.len() > max {
             return Err(too_large().into());
         }
-        buf.extend_from_slice(&chunk);
-        let need = u32::try_from(buf.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        len += chunk.len();
+        match (&mut buf, single.take()) {
+            (Some(b), _) => b.extend_from_slice(&chunk),
+            (None, None) => single = Some(chunk),
+            (None, Some(first)) => {
+                let cap = (declared.unwrap_or(0).min(64 * 1024) as usize).max(len);
+                let mut b = bytes::BytesMut::with_capacity(cap);
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&chunk);
+                buf = Some(b);
+            }
+        }
+        let need = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
         if need > charged {
             let more = budget
                 .clone()
@@ -353,7 +372,11 @@ async fn limit_body(
             charged = need;
         }
     }
-    let bytes = buf.freeze();
+    let bytes = match (single, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(s), None) => s,
+        (None, None) => bytes::Bytes::new(),
+    };
     if req.uri().path().starts_with("/admin/")
         && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     {
@@ -362,8 +385,7 @@ async fn limit_body(
         }
     }
     // A body of another type is the handler's 415, not a 400 about fields.
-    let json = req.content_type().is_some_and(is_json);
-    if req.uri().path().starts_with("/admin/") && json {
+    if req.uri().path().starts_with("/admin/") && req.content_type().is_some_and(is_json) {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(
                 ApiError::bad_request("invalid_body", "body: required (a JSON object)").into(),
