@@ -272,16 +272,21 @@ struct ConnState {
     in_flight: AtomicU64,
     /// When the last request ended, in ms since `epoch`.
     last_end: AtomicU64,
+    /// Wakes the watchdog at the connection's first request.
+    first: tokio::sync::Notify,
 }
 
 struct InFlight(Arc<ConnState>);
 
-/// Two counters and a clock read per request: the watchdog is not woken
-/// (it reads them when its own deadline comes), so a request costs it
-/// nothing.
+/// Two counters and a clock read per request. The watchdog is woken only
+/// by a connection's first request (which ends the header deadline); after
+/// that it reads the counters when its own deadline comes, so a request
+/// costs it nothing.
 impl InFlight {
     fn start(state: &Arc<ConnState>) -> Self {
-        state.started.fetch_add(1, Ordering::Relaxed);
+        if state.started.fetch_add(1, Ordering::Relaxed) == 0 {
+            state.first.notify_one();
+        }
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(state.clone())
     }
@@ -555,6 +560,7 @@ async fn serve_io<I>(
         started: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         last_end: AtomicU64::new(millis_since(epoch)),
+        first: tokio::sync::Notify::new(),
     });
     let app = shared.app.clone();
     let requests = state.clone();
@@ -619,7 +625,14 @@ async fn serve_io<I>(
                 deadline
             };
             let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
-            tokio::time::sleep(wait).await;
+            if state.started.load(Ordering::Relaxed) == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = state.first.notified() => {}
+                }
+            } else {
+                tokio::time::sleep(wait).await;
+            }
         }
     };
     tokio::select! {
