@@ -296,7 +296,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let s = &self.0;
         s.last_end.store(millis_since(s.epoch), Ordering::Relaxed);
-        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: a watchdog that sees the request ended sees its end time.
+        s.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -614,7 +615,7 @@ async fn serve_io<I>(
                     return "header_timeout";
                 }
                 opened + header
-            } else if state.in_flight.load(Ordering::Relaxed) > 0 {
+            } else if state.in_flight.load(Ordering::Acquire) > 0 {
                 // A request in flight is never cut: look again later.
                 now + idle
             } else {

@@ -334,8 +334,10 @@ async fn limit_body(
         busy
     };
     let mut stream = std::pin::pin!(req.take_body().into_bytes_stream());
-    // A body that arrives in one piece (most) is kept as it came; pieces
-    // are copied together only from the second one on.
+    // A body that arrives whole in one piece, as announced (most), is kept
+    // as it came. Any other piece is copied into a buffer of the body's own
+    // size, so no piece of a larger read buffer is held while a client
+    // stalls: what is held is what is charged.
     let mut single: Option<bytes::Bytes> = None;
     let mut buf: Option<bytes::BytesMut> = None;
     let mut len = 0usize;
@@ -350,10 +352,10 @@ async fn limit_body(
         len += chunk.len();
         match (&mut buf, single.take()) {
             (Some(b), _) => b.extend_from_slice(&chunk),
-            (None, None) => single = Some(chunk),
+            (None, None) if declared == Some(len as u64) => single = Some(chunk),
+            (None, None) => buf = Some(bytes::BytesMut::from(&chunk[..])),
             (None, Some(first)) => {
-                let cap = (declared.unwrap_or(0).min(64 * 1024) as usize).max(len);
-                let mut b = bytes::BytesMut::with_capacity(cap);
+                let mut b = bytes::BytesMut::with_capacity(len);
                 b.extend_from_slice(&first);
                 b.extend_from_slice(&chunk);
                 buf = Some(b);

@@ -92,8 +92,10 @@ fn parse_simple<'a>(text: &'a str, limits: &Limits) -> Option<Vec<&'a str>> {
     }
     i = skip_ws(i + 1);
     // One uid per comma, plus one (a vectorised count, cheaper than growing).
+    // (Commas inside uids count too: at most a quarter of the body, as each
+    // uid takes at least four bytes with its quotes and comma.)
     let expected = memchr::memchr_iter(b',', b).count() + 1;
-    let mut out = Vec::with_capacity(expected.min(limits.max_batch));
+    let mut out = Vec::with_capacity(expected.min(limits.max_batch).min(b.len() / 4 + 1));
     if b.get(i) == Some(&b']') {
         return (skip_ws(i + 1) == b.len()).then_some(out);
     }
@@ -404,5 +406,74 @@ mod tests {
         assert!(parse_batch(br#"["a","b"]"#, &limits).is_ok());
         let err = parse_batch(br#"["a","b","c"]"#, &limits).unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (413, "batch_too_large"));
+    }
+
+    /// Every character from U+0000 to U+02FF (and a few beyond) inside a
+    /// uid, sent raw: whatever the one-pass parser calls plain is written
+    /// back exactly as the escaping writer writes it, as valid JSON.
+    #[test]
+    fn plain_uids_need_no_escaping() {
+        use crate::routing::{NodeInput, StrategyInput, Table, TableInput};
+        let limits = Limits::default();
+        let nodes: Vec<NodeInput> = (0..5)
+            .map(|i| NodeInput {
+                id: format!("n{i}"),
+                region: None,
+                weight: 100,
+                state: crate::model::NodeState::Active,
+                healthy: true,
+                external: crate::model::Addrs {
+                    tcp_addr: format!("10.0.0.{i}:1"),
+                    ..Default::default()
+                },
+                intranet: Default::default(),
+            })
+            .collect();
+        let table = Table::build(&TableInput::prepare(
+            &nodes,
+            StrategyInput {
+                name: "t".into(),
+                kind: "hash".into(),
+                params: serde_json::Value::Null,
+            },
+            &Default::default(),
+            &Default::default(),
+        ));
+        let mut chars: Vec<char> = (0u32..0x300).filter_map(char::from_u32).collect();
+        chars.extend(['\u{2028}', '\u{2029}', '\u{feff}', '\u{fffd}', '\u{10ffff}']);
+        let mut plain = 0;
+        for c in chars {
+            let body = format!("[\"a{c}b\",\"x\"]");
+            let Ok(Uids::Plain(uids)) = parse_uids(body.as_bytes(), &limits) else {
+                continue;
+            };
+            plain += 1;
+            let fast = table
+                .route_batch_json(&uids, None, false, true, |_, _| {})
+                .unwrap();
+            let checked = table
+                .route_batch_json(&uids, None, false, false, |_, _| {})
+                .unwrap();
+            assert_eq!(fast, checked, "U+{:04X}", c as u32);
+            let back: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+            let all: Vec<&str> = back
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|g| {
+                    g["uids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| u.as_str().unwrap())
+                })
+                .collect();
+            assert!(
+                all.contains(&format!("a{c}b").as_str()),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        assert!(plain > 600, "{plain}");
     }
 }

@@ -560,6 +560,10 @@ mod tests {
 
     #[test]
     fn simd_and_portable_paths_agree() {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("simd_and_portable_paths_agree: no AVX2 here, only the portable path runs");
+        }
         // Ties (equal seeds), zero scores (a seed equal to the uid's key),
         // every length around the 8-lane and 64-node blocks.
         for n in 0usize..=70 {

@@ -765,6 +765,10 @@ impl Table {
         plain: bool,
         mut per_node: impl FnMut(usize, usize),
     ) -> Result<Vec<u8>, NoRoutableNode> {
+        debug_assert!(
+            !plain || uids.iter().all(|u| !needs_escape(u)),
+            "a uid said to be plain needs escaping"
+        );
         if uids.is_empty() {
             return Ok(b"[]".to_vec());
         }
@@ -812,16 +816,22 @@ impl Table {
     }
 }
 
+/// Whether a string needs escaping in JSON (a quote, a backslash or a
+/// control character below U+0020). A branch-free fold (no early exit) that
+/// the compiler can vectorise.
+#[inline]
+fn needs_escape(s: &str) -> bool {
+    s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 /// Writes a JSON string literal. Uids carry no control characters (the API
 /// rejects them), so only quotes and backslashes can need escaping.
 #[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    // A branch-free fold (no early exit) that the compiler can vectorise.
-    let needs_escape = s.bytes().fold(false, |acc, b| {
-        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if needs_escape {
+    if needs_escape(s) {
         let quoted = serde_json::to_string(s).expect("serialising a str cannot fail");
         out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
     } else {

@@ -835,3 +835,64 @@ async fn unread_candidate_answers_share_one_budget() {
     .await;
     assert!(back, "the budget comes back when the readers go");
 }
+
+/// The watchdog reads the request counters at its own deadlines: a request
+/// in flight longer than the idle timeout is never cut, the idle clock
+/// starts again at every request's end, and an idle connection still
+/// closes one idle timeout after its last request.
+#[tokio::test]
+async fn a_long_request_is_not_cut_and_each_request_restarts_the_idle_clock() {
+    let app = spawn_app_with(|c| {
+        c.limits.header_timeout_ms = 5000;
+        c.limits.idle_timeout_ms = 800;
+    })
+    .await;
+    app.add_node("gw-1", json!({})).await;
+    let mut s = TcpStream::connect(host_port(&app)).await.unwrap();
+    let body = br#"["alice","bob"]"#;
+    s.write_all(
+        format!(
+            "POST /route/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The body dribbles in over about 1.5 s: twice the idle timeout.
+    let started = Instant::now();
+    for b in body {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(1400));
+    let head = read_head(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    // A second request 500 ms later restarts the idle clock: still open
+    // 600 ms after it (1.1 s after the first ended), closed by about 800 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    let second = Instant::now();
+    assert!(
+        !closed_within(&mut s, Duration::from_millis(600)).await,
+        "closed before its idle timeout"
+    );
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    assert!(
+        second.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        second.elapsed()
+    );
+}
