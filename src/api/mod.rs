@@ -334,33 +334,30 @@ async fn limit_body(
         busy
     };
     let mut stream = std::pin::pin!(req.take_body().into_bytes_stream());
-    // A body that arrives whole in one piece, as announced (most), is kept
-    // as it came. Any other piece is copied into a buffer of the body's own
-    // size, so no piece of a larger read buffer is held while a client
-    // stalls: what is held is what is charged.
+    // A body that has fully arrived with its first piece (most) is kept as
+    // it came. A piece the body does not end with is copied into a buffer of
+    // the body's own size, so no slice of a larger read buffer (an HTTP/2
+    // frame buffer, say) is held while a client stalls: what is held is
+    // what is charged.
     let mut single: Option<bytes::Bytes> = None;
     let mut buf: Option<bytes::BytesMut> = None;
+    let mut next: Option<bytes::Bytes> = None;
     let mut len = 0usize;
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut charged = 0u32;
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        let chunk = chunk
-            .map_err(|_| ApiError::bad_request("invalid_body", "cannot read the request body"))?;
+    let read_error = || ApiError::bad_request("invalid_body", "cannot read the request body");
+    loop {
+        let chunk = match next.take() {
+            Some(chunk) => chunk,
+            None => match futures_util::StreamExt::next(&mut stream).await {
+                Some(chunk) => chunk.map_err(|_| read_error())?,
+                None => break,
+            },
+        };
         if len + chunk.len() > max {
             return Err(too_large().into());
         }
         len += chunk.len();
-        match (&mut buf, single.take()) {
-            (Some(b), _) => b.extend_from_slice(&chunk),
-            (None, None) if declared == Some(len as u64) => single = Some(chunk),
-            (None, None) => buf = Some(bytes::BytesMut::from(&chunk[..])),
-            (None, Some(first)) => {
-                let mut b = bytes::BytesMut::with_capacity(len);
-                b.extend_from_slice(&first);
-                b.extend_from_slice(&chunk);
-                buf = Some(b);
-            }
-        }
         let need = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
         if need > charged {
             let more = budget
@@ -372,6 +369,22 @@ async fn limit_body(
                 None => permit = Some(more),
             }
             charged = need;
+        }
+        match &mut buf {
+            Some(b) => b.extend_from_slice(&chunk),
+            None => {
+                // The first piece: is the body already complete?
+                let peek = futures_util::StreamExt::next(&mut stream);
+                match futures_util::FutureExt::now_or_never(peek) {
+                    Some(None) => {
+                        single = Some(chunk);
+                        break;
+                    }
+                    Some(Some(more)) => next = Some(more.map_err(|_| read_error())?),
+                    None => {}
+                }
+                buf = Some(bytes::BytesMut::from(&chunk[..]));
+            }
         }
     }
     let bytes = match (single, buf) {
