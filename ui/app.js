@@ -217,6 +217,8 @@
       if (o.ok) renderOverrides(o.data);
       if (c.ok) renderCluster(c.data);
       if (a.ok) renderAudit(a.data);
+      // The table first; the shares follow when they are counted.
+      renderNodes();
       // The distribution changes only with the revision.
       if (r.ok && r.data.revision !== distRevision) {
         const d = await api('GET', `admin/routing/distribution?sample=${SAMPLE}`);

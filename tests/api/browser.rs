@@ -245,7 +245,13 @@ impl Browser {
 
     /// Waits until `script` (an expression) is truthy in the page (10 s).
     pub async fn wait_until(&self, what: &str, expr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_until_for(what, expr, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Browser::wait_until`] with another deadline.
+    pub async fn wait_until_for(&self, what: &str, expr: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let v = self.js(&format!("return !!({expr});"), json!([])).await;
             if v == json!(true) {
