@@ -8,7 +8,6 @@
 
 use std::{
     net::TcpListener,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -65,17 +64,12 @@ pub struct Browser {
 
 impl Drop for Browser {
     /// Ends the session (ChromeDriver then closes Chromium), also when a
-    /// test panicked before `quit`, then kills the driver's whole process
-    /// group, so no browser outlives its test.
+    /// test panicked before `quit`, then stops the driver, so no browser
+    /// outlives its test.
     fn drop(&mut self) {
         if !self.quit {
             let _ = delete_session(&self.base, &self.session);
         }
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.driver.id()))
-            .stderr(Stdio::null())
-            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -127,7 +121,6 @@ impl Browser {
                     .arg(format!("--port={port}"))
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
-                    .process_group(0)
                     .spawn()
                     .expect("chromedriver starts");
                 let base = format!("http://127.0.0.1:{port}");
