@@ -364,7 +364,7 @@
     const h = n.health;
     setText(c.healthStatus, h.status);
     setClass(c.healthStatus, h.status === 'healthy' ? 'ok' : h.status === 'unhealthy' ? 'bad' : 'muted-inline');
-    setText(c.healthReason, `${h.reason} · since ${when(h.since)}`);
+    setText(c.healthReason, h.since ? `${h.reason} · since ${when(h.since)}` : h.reason);
     setText(c.connections, h.connections ?? '–');
     const s = shareOf(n.id);
     setText(c.share, s === null ? '–' : `${(s * 100).toFixed(1)}%`);
