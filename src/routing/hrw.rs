@@ -223,21 +223,44 @@ fn argmax_avx2(uid: u32, seeds: &[u32]) -> Option<(usize, u32)> {
             best_index = _mm256_blendv_epi8(best_index, index, greater);
             index = _mm256_add_epi32(index, eight);
         }
-        let mut scores = [0i32; 8];
-        let mut indexes = [0i32; 8];
-        // SAFETY: both arrays are 32 bytes; unaligned stores.
-        unsafe {
-            _mm256_storeu_si256(scores.as_mut_ptr().cast::<__m256i>(), best_score);
-            _mm256_storeu_si256(indexes.as_mut_ptr().cast::<__m256i>(), best_index);
+        // The 8 lanes reduced without branches (their outcome is random per
+        // uid, so branches would mispredict): three rounds, each lane taking
+        // its partner's pair when the partner scores higher, or the same
+        // with a lower index. Indexes are below 2^31: signed compares.
+        macro_rules! round {
+            ($s:expr, $i:expr, $s2:expr, $i2:expr $(,)?) => {{
+                let (s, i, s2, i2) = ($s, $i, $s2, $i2);
+                let higher = _mm256_cmpgt_epi32(s2, s);
+                let tie_lower =
+                    _mm256_and_si256(_mm256_cmpeq_epi32(s2, s), _mm256_cmpgt_epi32(i, i2));
+                let take = _mm256_or_si256(higher, tie_lower);
+                (
+                    _mm256_blendv_epi8(s, s2, take),
+                    _mm256_blendv_epi8(i, i2, take),
+                )
+            }};
         }
-        for lane in 0..8 {
-            let score = (scores[lane] ^ i32::MIN) as u32;
-            let i = indexes[lane] as usize;
-            best = match best {
-                Some((bi, bs)) if bs > score || (bs == score && bi < i) => Some((bi, bs)),
-                _ => Some((i, score)),
-            };
-        }
+        let (mut s, mut i) = (best_score, best_index);
+        (s, i) = round!(
+            s,
+            i,
+            _mm256_permute2x128_si256::<0x01>(s, s),
+            _mm256_permute2x128_si256::<0x01>(i, i),
+        );
+        (s, i) = round!(
+            s,
+            i,
+            _mm256_shuffle_epi32::<0b01_00_11_10>(s),
+            _mm256_shuffle_epi32::<0b01_00_11_10>(i),
+        );
+        (s, i) = round!(
+            s,
+            i,
+            _mm256_shuffle_epi32::<0b10_11_00_01>(s),
+            _mm256_shuffle_epi32::<0b10_11_00_01>(i),
+        );
+        let score = (_mm256_cvtsi256_si32(s) ^ i32::MIN) as u32;
+        best = Some((_mm256_cvtsi256_si32(i) as usize, score));
     }
     for (i, &seed) in seeds.iter().enumerate().skip(full) {
         let score = score(uid, seed);
