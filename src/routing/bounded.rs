@@ -12,12 +12,15 @@
 //! with no node full the answers are the inner kind's exactly, and only the
 //! users of full nodes move.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
     hash::HashPlacement,
     hrw::UidHash,
-    strategy::{json_type, Candidate, Load, ParamsError, Placement, StrategyKind},
+    strategy::{
+        inner_is_weighted, json_type, params_object, Candidate, Load, ParamsError, Placement,
+        StrategyKind,
+    },
     weighted::WeightedPlacement,
 };
 
@@ -49,36 +52,11 @@ impl Default for BoundedParams {
 
 impl BoundedParams {
     pub fn parse(params: &Value) -> Result<BoundedParams, ParamsError> {
-        let empty = Map::new();
-        let map = match params {
-            Value::Null => &empty,
-            Value::Object(map) => map,
-            other => {
-                return Err(ParamsError::new(
-                    "params",
-                    format!("must be an object, got {}", json_type(other)),
-                ))
-            }
-        };
+        let map = params_object(params)?;
         let mut out = BoundedParams::default();
         for (key, value) in map {
             match key.as_str() {
-                "inner" => {
-                    out.weighted = match value {
-                        Value::String(s) if s == "hash" => false,
-                        Value::String(s) if s == "weighted" => true,
-                        Value::Null => false,
-                        other => {
-                            return Err(ParamsError::new(
-                                "params.inner",
-                                format!(
-                                    "must be \"hash\" or \"weighted\", got {}",
-                                    crate::model::truncate(&other.to_string())
-                                ),
-                            ))
-                        }
-                    }
-                }
+                "inner" => out.weighted = inner_is_weighted(value)?,
                 "balance_factor" => match value {
                     Value::Null => {}
                     Value::Number(n) => match n.as_f64() {

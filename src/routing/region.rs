@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
     hash::HashPlacement,
     hrw::UidHash,
-    strategy::{json_type, Candidate, ParamsError, Placement, StrategyKind},
+    strategy::{
+        inner_is_weighted, json_type, params_object, Candidate, ParamsError, Placement,
+        StrategyKind,
+    },
     weighted::WeightedPlacement,
 };
 
@@ -52,17 +55,7 @@ fn region_at(field: &str, v: &Value) -> Result<String, ParamsError> {
 }
 
 fn parse(params: &Value) -> Result<RegionParams, ParamsError> {
-    let empty = Map::new();
-    let map = match params {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        other => {
-            return Err(ParamsError::new(
-                "params",
-                format!("must be an object, got {}", json_type(other)),
-            ))
-        }
-    };
+    let map = params_object(params)?;
     let mut out = RegionParams {
         default_region: None,
         fallback: HashMap::new(),
@@ -75,22 +68,7 @@ fn parse(params: &Value) -> Result<RegionParams, ParamsError> {
                     out.default_region = Some(region_at("params.default_region", value)?);
                 }
             }
-            "inner" => {
-                out.weighted = match value {
-                    Value::String(s) if s == "hash" => false,
-                    Value::String(s) if s == "weighted" => true,
-                    Value::Null => false,
-                    other => {
-                        return Err(ParamsError::new(
-                            "params.inner",
-                            format!(
-                                "must be \"hash\" or \"weighted\", got {}",
-                                crate::model::truncate(&other.to_string())
-                            ),
-                        ))
-                    }
-                }
-            }
+            "inner" => out.weighted = inner_is_weighted(value)?,
             "fallback" => match value {
                 Value::Null => {}
                 Value::Object(fallback) => {

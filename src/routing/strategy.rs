@@ -139,6 +139,38 @@ pub(crate) fn expect_no_params(kind: &str, params: &Value) -> Result<(), ParamsE
     }
 }
 
+/// The params of a kind that takes some, as an object (`null` is `{}`).
+pub(crate) fn params_object(
+    params: &Value,
+) -> Result<&serde_json::Map<String, Value>, ParamsError> {
+    static EMPTY: std::sync::OnceLock<serde_json::Map<String, Value>> = std::sync::OnceLock::new();
+    match params {
+        Value::Null => Ok(EMPTY.get_or_init(serde_json::Map::new)),
+        Value::Object(map) => Ok(map),
+        other => Err(ParamsError::new(
+            "params",
+            format!("must be an object, got {}", json_type(other)),
+        )),
+    }
+}
+
+/// The `inner` param of kinds that place with `hash` or `weighted`: true for
+/// `weighted`; `null` or absent is `hash`.
+pub(crate) fn inner_is_weighted(value: &Value) -> Result<bool, ParamsError> {
+    match value {
+        Value::String(s) if s == "hash" => Ok(false),
+        Value::String(s) if s == "weighted" => Ok(true),
+        Value::Null => Ok(false),
+        other => Err(ParamsError::new(
+            "params.inner",
+            format!(
+                "must be \"hash\" or \"weighted\", got {}",
+                crate::model::truncate(&other.to_string())
+            ),
+        )),
+    }
+}
+
 pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
