@@ -14,17 +14,6 @@ use crate::helpers::*;
 /// The evaluation period the tests run with (the default is 5 s).
 const PERIOD_MS: u64 = 500;
 
-pub async fn heartbeat(app: &TestApp, id: &str, connections: u64) {
-    let resp = app
-        .admin(
-            Method::PUT,
-            &format!("/admin/nodes/{id}/heartbeat"),
-            Some(json!({"connections": connections})),
-        )
-        .await;
-    assert_eq!(resp.status(), 204);
-}
-
 pub async fn is_full(app: &TestApp, id: &str) -> bool {
     let (status, node) = app
         .admin_json(Method::GET, &format!("/admin/nodes/{id}"), None)
@@ -45,14 +34,7 @@ pub async fn activate_bounded(app: &TestApp, params: Value) {
         )
         .await;
     assert!(status == 200 || status == 201, "{body}");
-    let (status, body) = app
-        .admin_json(
-            Method::PUT,
-            "/admin/routing",
-            Some(json!({"active_strategy": "capacity"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.activate_strategy("capacity").await;
 }
 
 async fn spawn() -> TestApp {
@@ -98,7 +80,7 @@ async fn a_node_at_five_times_the_others_stops_taking_users_and_gets_them_back()
         app.add_node(&format!("gw-{i}"), json!({})).await;
     }
     for i in 1..=5 {
-        heartbeat(&app, &format!("gw-{i}"), 1000).await;
+        app.heartbeat(&format!("gw-{i}"), 1000).await;
     }
     let users = uids(3000);
     let hash = app.assignments(&users).await;
@@ -112,7 +94,7 @@ async fn a_node_at_five_times_the_others_stops_taking_users_and_gets_them_back()
 
     // gw-1 reports 5x the others: full within one evaluation period (and
     // the time to see it from here).
-    heartbeat(&app, "gw-1", 5000).await;
+    app.heartbeat("gw-1", 5000).await;
     let took = wait_full(&app, "gw-1", true).await;
     println!("full after {took:?} (period {PERIOD_MS} ms)");
     assert!(
@@ -132,7 +114,7 @@ async fn a_node_at_five_times_the_others_stops_taking_users_and_gets_them_back()
     }
 
     // Its load comes back: its users come back.
-    heartbeat(&app, "gw-1", 1000).await;
+    app.heartbeat("gw-1", 1000).await;
     wait_full(&app, "gw-1", false).await;
     routes_when(&app, &users, |a| *a == balanced).await;
     assert_eq!(
@@ -154,11 +136,11 @@ async fn a_load_between_the_two_bounds_changes_nothing() {
     activate_bounded(&app, json!({})).await;
     let users = uids(3000);
     for i in 1..=4 {
-        heartbeat(&app, &format!("gw-{i}"), 1000).await;
+        app.heartbeat(&format!("gw-{i}"), 1000).await;
     }
-    heartbeat(&app, "gw-5", 1450).await;
+    app.heartbeat("gw-5", 1450).await;
     let before = app.assignments(&users).await;
-    heartbeat(&app, "gw-6", 2000).await;
+    app.heartbeat("gw-6", 2000).await;
     wait_full(&app, "gw-6", true).await;
     assert!(
         !is_full(&app, "gw-5").await,
@@ -172,12 +154,12 @@ async fn a_load_between_the_two_bounds_changes_nothing() {
     }
 
     // gw-5 fills up (and gw-6, now below its release point, opens)...
-    heartbeat(&app, "gw-5", 5000).await;
+    app.heartbeat("gw-5", 5000).await;
     wait_full(&app, "gw-5", true).await;
     wait_full(&app, "gw-6", false).await;
     routes_when(&app, &users, |a| on(a, "gw-5") == 0 && on(a, "gw-6") > 0).await;
     // ...then drops back between the bounds: it stays full.
-    heartbeat(&app, "gw-5", 1450).await;
+    app.heartbeat("gw-5", 1450).await;
     wait_full(&app, "gw-6", true).await;
     assert!(
         is_full(&app, "gw-5").await,
@@ -241,9 +223,9 @@ async fn a_full_node_deleted_and_created_again_starts_open() {
         app.add_node(&format!("gw-{i}"), json!({})).await;
     }
     activate_bounded(&app, json!({})).await;
-    heartbeat(&app, "gw-1", 9000).await;
-    heartbeat(&app, "gw-2", 1000).await;
-    heartbeat(&app, "gw-3", 1000).await;
+    app.heartbeat("gw-1", 9000).await;
+    app.heartbeat("gw-2", 1000).await;
+    app.heartbeat("gw-3", 1000).await;
     wait_full(&app, "gw-1", true).await;
     let resp = app.admin(Method::DELETE, "/admin/nodes/gw-1", None).await;
     assert_eq!(resp.status(), 204);
@@ -262,19 +244,12 @@ async fn with_another_kind_nobody_is_full_and_switching_away_clears_the_set() {
     for i in 1..=3 {
         app.add_node(&format!("gw-{i}"), json!({})).await;
     }
-    heartbeat(&app, "gw-1", 9000).await;
-    heartbeat(&app, "gw-2", 1000).await;
-    heartbeat(&app, "gw-3", 1000).await;
+    app.heartbeat("gw-1", 9000).await;
+    app.heartbeat("gw-2", 1000).await;
+    app.heartbeat("gw-3", 1000).await;
     activate_bounded(&app, json!({})).await;
     wait_full(&app, "gw-1", true).await;
-    let (status, body) = app
-        .admin_json(
-            Method::PUT,
-            "/admin/routing",
-            Some(json!({"active_strategy": "default"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.activate_strategy("default").await;
     // `hash` ignores the set at once, and the judge clears it.
     let users = uids(1000);
     routes_when(&app, &users, |a| on(a, "gw-1") > 150).await;

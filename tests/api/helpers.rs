@@ -177,6 +177,30 @@ impl TestApp {
         )
     }
 
+    /// A heartbeat reporting `connections`; asserts 204.
+    pub async fn heartbeat(&self, id: &str, connections: u64) {
+        let resp = self
+            .admin(
+                Method::PUT,
+                &format!("/admin/nodes/{id}/heartbeat"),
+                Some(json!({ "connections": connections })),
+            )
+            .await;
+        assert_eq!(resp.status(), 204, "heartbeat of {id}");
+    }
+
+    /// Makes a stored strategy the active one; asserts 200.
+    pub async fn activate_strategy(&self, name: &str) {
+        let (status, body) = self
+            .admin_json(
+                Method::PUT,
+                "/admin/routing",
+                Some(json!({ "active_strategy": name })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Creates a node with a TCP address derived from its id; asserts 201.
     pub async fn add_node(&self, id: &str, extra: Value) -> Value {
         let mut body = json!({

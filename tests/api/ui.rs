@@ -11,17 +11,6 @@ use crate::{browser::Browser, helpers::*};
 
 const ENTER: &str = "\u{E007}";
 
-async fn heartbeat(app: &TestApp, id: &str, connections: u64) {
-    let resp = app
-        .admin(
-            Method::PUT,
-            &format!("/admin/nodes/{id}/heartbeat"),
-            Some(json!({"connections": connections})),
-        )
-        .await;
-    assert_eq!(resp.status(), 204);
-}
-
 /// Opens `/` (which sends the browser to the dashboard) and signs in with
 /// the token typed into the password field, Enter submitting.
 async fn sign_in(b: &Browser, app: &TestApp) {
@@ -149,8 +138,8 @@ async fn every_node_shows_with_its_state_and_share_and_a_drain_applies_after_its
             .await;
     }
     app.add_node("gw-5", json!({"state": "disabled"})).await;
-    heartbeat(&app, "gw-1", 1200).await;
-    heartbeat(&app, "gw-2", 800).await;
+    app.heartbeat("gw-1", 1200).await;
+    app.heartbeat("gw-2", 800).await;
     sign_in(&b, &app).await;
     let distribution = app
         .get_json_admin("/admin/routing/distribution?sample=100000")
@@ -534,7 +523,7 @@ async fn refreshing_pauses_while_hidden_keeps_focus_and_stops_at_sign_out() {
     sign_in(&b, &app).await;
     b.wait_for("tr[data-node-id=\"gw-3\"]").await;
     // Refreshes arrive by themselves, and a change shows without a reload.
-    heartbeat(&app, "gw-2", 4321).await;
+    app.heartbeat("gw-2", 4321).await;
     b.wait_until(
         "the refresh",
         "document.querySelector('tr[data-node-id=\"gw-2\"]').textContent.includes('4321')",
@@ -547,7 +536,7 @@ async fn refreshing_pauses_while_hidden_keeps_focus_and_stops_at_sign_out() {
         json!([]),
     )
     .await;
-    heartbeat(&app, "gw-1", 9999).await;
+    app.heartbeat("gw-1", 9999).await;
     b.wait_until(
         "gw-1 moves down",
         "document.querySelector('#nodes-body tr:last-child').dataset.nodeId === 'gw-1'",
