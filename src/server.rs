@@ -597,7 +597,7 @@ async fn serve_io<I>(
         // Each stream may buffer a body: few streams per connection.
         .max_concurrent_streams(32)
         .max_header_list_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(SmallWrites(io)), service);
     tokio::pin!(conn);
     // Closes a connection whose first request does not arrive within the
     // header timeout (hyper's own clock starts only once it has detected
@@ -663,6 +663,82 @@ async fn serve_io<I>(
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(GRACE, conn).await;
+}
+
+/// Most bytes of a vectored write that [`SmallWrites`] copies into one
+/// buffer instead of handing the kernel several pieces.
+const COALESCE: usize = 4 * 1024;
+
+/// A connection's stream that sends a small vectored write (hyper's response
+/// head and a short body) as one plain write: one `send` of one piece costs
+/// the kernel measurably less than a `writev` of two, and most answers are a
+/// few hundred bytes. Larger writes stay vectored, so a large body is never
+/// copied, and nothing is kept between writes (hyper's own alternative,
+/// flattening, copies every body into a per-connection buffer that keeps
+/// the size of the largest answer).
+struct SmallWrites<I>(I);
+
+impl<I: AsyncRead + Unpin> AsyncRead for SmallWrites<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SmallWrites<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if bufs.len() > 1 && total <= COALESCE {
+            thread_local! {
+                /// One worker's scratch buffer, reused: nothing per connection.
+                static ONE: std::cell::RefCell<Vec<u8>> =
+                    std::cell::RefCell::new(Vec::with_capacity(COALESCE));
+            }
+            return ONE.with_borrow_mut(|one| {
+                one.clear();
+                for b in bufs {
+                    one.extend_from_slice(b);
+                }
+                // A partial write counts bytes of the concatenation, as a
+                // vectored write would.
+                std::pin::Pin::new(&mut self.0).poll_write(cx, one)
+            });
+        }
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -498,8 +498,14 @@ impl<E: Endpoint> Outer<E> {
                 };
                 let budget = budget.clone();
                 let timeout = self.state.body_timeout;
-                let read = limit_body(req, self.max_body, endpoint, budget);
-                req = match tokio::time::timeout(timeout, read).await {
+                let mut read = std::pin::pin!(limit_body(req, self.max_body, endpoint, budget));
+                // Most bodies have arrived with their head: read them without
+                // arming a timer.
+                let read = match futures_util::FutureExt::now_or_never(read.as_mut()) {
+                    Some(read) => Ok(read),
+                    None => tokio::time::timeout(timeout, read).await,
+                };
+                req = match read {
                     Ok(read) => {
                         let (req, permit) = read?;
                         _budget = permit;

@@ -186,90 +186,103 @@ fn argmax_body(uid: u32, seeds: &[u32]) -> Option<(usize, u32)> {
 /// [`argmax_body`] in one pass of AVX2 over 8 nodes at a time: each lane
 /// keeps its best score and that score's index (strictly greater wins, and
 /// a lane sees its indexes in increasing order, so a tie keeps the lowest),
-/// then the 8 lanes are reduced (highest score, then lowest index) and the
-/// last `len % 8` nodes are scored one by one. No buffer, no second scan:
-/// about a third of the instructions of the portable body.
+/// the last `len % 8` nodes are scored in one masked step (the missing
+/// lanes are never loaded and never win), then the 8 lanes are reduced
+/// (highest score, then lowest index). No buffer, no second scan, no scalar
+/// tail: about a third of the instructions of the portable body.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn argmax_avx2(uid: u32, seeds: &[u32]) -> Option<(usize, u32)> {
     use std::arch::x86_64::*;
+    /// `&LANES[8 - r..][..8]`: the first `r` lanes set.
+    const LANES: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    if seeds.is_empty() {
+        return None;
+    }
     let full = seeds.len() / 8 * 8;
-    let mut best: Option<(usize, u32)> = None;
-    if full > 0 {
-        // Scores are unsigned; AVX2 compares signed: compare them with the
-        // top bit flipped.
-        let flip = _mm256_set1_epi32(i32::MIN);
-        let key = _mm256_set1_epi32(uid as i32);
-        let m1 = _mm256_set1_epi32(0x85eb_ca6b_u32 as i32);
-        let m2 = _mm256_set1_epi32(0xc2b2_ae35_u32 as i32);
-        let eight = _mm256_set1_epi32(8);
-        let mut index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        // Score 0 (flipped: i32::MIN) at each lane's first index: what a lane
-        // whose every score is 0 answers, as the portable body does.
-        let mut best_score = flip;
-        let mut best_index = index;
-        for chunk in seeds[..full].chunks_exact(8) {
-            // SAFETY: `chunk` holds 8 u32 (32 bytes); unaligned load.
-            let s = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast::<__m256i>()) };
-            let mut x = _mm256_xor_si256(s, key);
-            x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
-            x = _mm256_mullo_epi32(x, m1);
-            x = _mm256_xor_si256(x, _mm256_srli_epi32::<13>(x));
-            x = _mm256_mullo_epi32(x, m2);
-            x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
-            let flipped = _mm256_xor_si256(x, flip);
-            let greater = _mm256_cmpgt_epi32(flipped, best_score);
-            best_score = _mm256_blendv_epi8(best_score, flipped, greater);
-            best_index = _mm256_blendv_epi8(best_index, index, greater);
-            index = _mm256_add_epi32(index, eight);
-        }
-        // The 8 lanes reduced without branches (their outcome is random per
-        // uid, so branches would mispredict): three rounds, each lane taking
-        // its partner's pair when the partner scores higher, or the same
-        // with a lower index. Indexes are below 2^31: signed compares.
-        macro_rules! round {
-            ($s:expr, $i:expr, $s2:expr, $i2:expr $(,)?) => {{
-                let (s, i, s2, i2) = ($s, $i, $s2, $i2);
-                let higher = _mm256_cmpgt_epi32(s2, s);
-                let tie_lower =
-                    _mm256_and_si256(_mm256_cmpeq_epi32(s2, s), _mm256_cmpgt_epi32(i, i2));
-                let take = _mm256_or_si256(higher, tie_lower);
-                (
-                    _mm256_blendv_epi8(s, s2, take),
-                    _mm256_blendv_epi8(i, i2, take),
-                )
-            }};
-        }
-        let (mut s, mut i) = (best_score, best_index);
-        (s, i) = round!(
-            s,
-            i,
-            _mm256_permute2x128_si256::<0x01>(s, s),
-            _mm256_permute2x128_si256::<0x01>(i, i),
-        );
-        (s, i) = round!(
-            s,
-            i,
-            _mm256_shuffle_epi32::<0b01_00_11_10>(s),
-            _mm256_shuffle_epi32::<0b01_00_11_10>(i),
-        );
-        (s, i) = round!(
-            s,
-            i,
-            _mm256_shuffle_epi32::<0b10_11_00_01>(s),
-            _mm256_shuffle_epi32::<0b10_11_00_01>(i),
-        );
-        let score = (_mm256_cvtsi256_si32(s) ^ i32::MIN) as u32;
-        best = Some((_mm256_cvtsi256_si32(i) as usize, score));
+    let rest = seeds.len() - full;
+    // Scores are unsigned; AVX2 compares signed: compare them with the
+    // top bit flipped.
+    let flip = _mm256_set1_epi32(i32::MIN);
+    let key = _mm256_set1_epi32(uid as i32);
+    let m1 = _mm256_set1_epi32(0x85eb_ca6b_u32 as i32);
+    let m2 = _mm256_set1_epi32(0xc2b2_ae35_u32 as i32);
+    let eight = _mm256_set1_epi32(8);
+    let scores = |s: __m256i| {
+        let mut x = _mm256_xor_si256(s, key);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
+        x = _mm256_mullo_epi32(x, m1);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<13>(x));
+        x = _mm256_mullo_epi32(x, m2);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
+        _mm256_xor_si256(x, flip)
+    };
+    let mut index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Score 0 (flipped: i32::MIN) at each lane's first index: what a lane
+    // whose every score is 0 answers, as the portable body does. With fewer
+    // than 8 nodes, a lane past the end keeps an index past the end and
+    // score 0, and loses to lane 0 (score 0 or more, lower index).
+    let mut best_score = flip;
+    let mut best_index = index;
+    for chunk in seeds[..full].chunks_exact(8) {
+        // SAFETY: `chunk` holds 8 u32 (32 bytes); unaligned load.
+        let s = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast::<__m256i>()) };
+        let flipped = scores(s);
+        let greater = _mm256_cmpgt_epi32(flipped, best_score);
+        best_score = _mm256_blendv_epi8(best_score, flipped, greater);
+        best_index = _mm256_blendv_epi8(best_index, index, greater);
+        index = _mm256_add_epi32(index, eight);
     }
-    for (i, &seed) in seeds.iter().enumerate().skip(full) {
-        let score = score(uid, seed);
-        // Later than every index above: only a higher score wins.
-        if best.is_none_or(|(_, s)| score > s) {
-            best = Some((i, score));
-        }
+    if rest > 0 {
+        // SAFETY: LANES holds 16 i32 and `8 - rest` is in 1..=7, so 8 lanes
+        // from there are in bounds.
+        let lanes = unsafe { _mm256_loadu_si256(LANES[8 - rest..].as_ptr().cast::<__m256i>()) };
+        // SAFETY: only the first `rest` lanes are read (a masked load never
+        // touches, nor faults on, the lanes outside its mask), and those
+        // are the last `rest` seeds.
+        let s = unsafe { _mm256_maskload_epi32(seeds[full..].as_ptr().cast::<i32>(), lanes) };
+        let flipped = scores(s);
+        let greater = _mm256_and_si256(_mm256_cmpgt_epi32(flipped, best_score), lanes);
+        best_score = _mm256_blendv_epi8(best_score, flipped, greater);
+        best_index = _mm256_blendv_epi8(best_index, index, greater);
     }
-    best
+    // The 8 lanes reduced without branches (their outcome is random per
+    // uid, so branches would mispredict): three rounds, each lane taking
+    // its partner's pair when the partner scores higher, or the same
+    // with a lower index. Indexes are below 2^31: signed compares.
+    macro_rules! round {
+        ($s:expr, $i:expr, $s2:expr, $i2:expr $(,)?) => {{
+            let (s, i, s2, i2) = ($s, $i, $s2, $i2);
+            let higher = _mm256_cmpgt_epi32(s2, s);
+            let tie_lower = _mm256_and_si256(_mm256_cmpeq_epi32(s2, s), _mm256_cmpgt_epi32(i, i2));
+            let take = _mm256_or_si256(higher, tie_lower);
+            (
+                _mm256_blendv_epi8(s, s2, take),
+                _mm256_blendv_epi8(i, i2, take),
+            )
+        }};
+    }
+    let (mut s, mut i) = (best_score, best_index);
+    (s, i) = round!(
+        s,
+        i,
+        _mm256_permute2x128_si256::<0x01>(s, s),
+        _mm256_permute2x128_si256::<0x01>(i, i),
+    );
+    (s, i) = round!(
+        s,
+        i,
+        _mm256_shuffle_epi32::<0b01_00_11_10>(s),
+        _mm256_shuffle_epi32::<0b01_00_11_10>(i),
+    );
+    (s, i) = round!(
+        s,
+        i,
+        _mm256_shuffle_epi32::<0b10_11_00_01>(s),
+        _mm256_shuffle_epi32::<0b10_11_00_01>(i),
+    );
+    let score = (_mm256_cvtsi256_si32(s) ^ i32::MIN) as u32;
+    Some((_mm256_cvtsi256_si32(i) as usize, score))
 }
 
 /// Index and score of the highest score among `seeds`; equal scores go to the

@@ -1191,3 +1191,45 @@ fn plain_uids_are_written_as_the_escaping_writer_writes_them() {
     let parsed: Value = serde_json::from_slice(&a).unwrap();
     assert!(parsed.as_array().is_some_and(|g| !g.is_empty()));
 }
+
+/// A batch of one uid (answered without the batch bookkeeping) is the same
+/// answer as the same uid sent twice (one group after de-duplication, by
+/// the general path), escaped or not, external or intranet, pinned or not,
+/// and counts the same user once.
+#[test]
+fn a_batch_of_one_is_answered_as_the_general_path_answers_it() {
+    let pins = BTreeMap::from([("pinned \"one\"".to_string(), "node-003".to_string())]);
+    let mut nodes = equal_nodes(7);
+    for n in &mut nodes {
+        n.intranet.tcp_addr = format!("in-{}:1", n.id);
+    }
+    let t = pinned_table("hash", &nodes, &pins);
+    assert_eq!(t.stats().pins, 1);
+    for uid in ["u1", "user-42", "a\"b\\c", "é", "pinned \"one\""] {
+        for intranet in [false, true] {
+            let plain = !uid.contains(['"', '\\']);
+            let mut counted = Vec::new();
+            let one = t
+                .route_batch_json(&[uid], None, intranet, plain, |n, k| counted.push((n, k)))
+                .unwrap();
+            let mut counted_twice = Vec::new();
+            let twice = t
+                .route_batch_json(&[uid, uid], None, intranet, plain, |n, k| {
+                    counted_twice.push((n, k))
+                })
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(one.clone()).unwrap(),
+                String::from_utf8(twice).unwrap(),
+                "{uid}"
+            );
+            assert_eq!(counted, counted_twice, "{uid}");
+            assert_eq!(counted, vec![(t.route(uid, None).unwrap(), 1)], "{uid}");
+            let parsed: Value = serde_json::from_slice(&one).unwrap();
+            assert_eq!(parsed[0]["uids"][0], uid);
+            if uid.starts_with("pinned") {
+                assert_eq!(parsed[0]["node_id"], "node-003");
+            }
+        }
+    }
+}
