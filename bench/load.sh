@@ -87,12 +87,18 @@ run() {
   local rps p50 p99 reqs
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [[ -z $rps || ${reqs:-0} -eq 0 ]]; then
+    echo "wrk against $1 failed or answered nothing:" >&2; echo "$out" >&2; exit 1
+  fi
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$HZ" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / (n > 0 ? n : 1) }')"
 }
 HZ=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of every thread
+cpu_ticks() { # utime + stime of every thread (fields 14 and 15, counted after the name)
+  kill -0 "$1" 2>/dev/null || { echo "server $1 is gone" >&2; exit 1; }
+  sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
 to_ms() { # wrk latency (e.g. 812.00us, 1.20ms, 2.01s) -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
@@ -106,15 +112,21 @@ server_stats() {
 }
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$IMROUTE_PID/status"; }
 
-# pair LABEL IMROUTE_URL FLOOR_URL BODY_FILE [connections]: ROUNDS rounds,
-# each imroute then the floor, so both see the same moments of a noisy
-# machine; prints a table row of medians and the per-round ratios' range.
+# pair LABEL IMROUTE_URL FLOOR_URL BODY_FILE [connections]: ROUNDS rounds of
+# both servers, imroute first in odd rounds and the floor first in even ones,
+# so both see the same moments of a noisy machine and neither always goes
+# first; prints a table row of medians and the per-round ratios' range.
 pair() {
   local label=$1 r rps p50 p99 cpu frps fp50 fp99 fcpu
   : >"$work/pair"
   for r in $(seq 1 "$ROUNDS"); do
-    read -r rps p50 p99 cpu <<<"$(run "$2" "$4" "$IMROUTE_PID" "${5:-}")"
-    read -r frps fp50 fp99 fcpu <<<"$(run "$3" "$4" "$FLOOR_PID" "${5:-}")"
+    if ((r % 2)); then
+      read -r rps p50 p99 cpu <<<"$(run "$2" "$4" "$IMROUTE_PID" "${5:-}")"
+      read -r frps fp50 fp99 fcpu <<<"$(run "$3" "$4" "$FLOOR_PID" "${5:-}")"
+    else
+      read -r frps fp50 fp99 fcpu <<<"$(run "$3" "$4" "$FLOOR_PID" "${5:-}")"
+      read -r rps p50 p99 cpu <<<"$(run "$2" "$4" "$IMROUTE_PID" "${5:-}")"
+    fi
     echo "$rps $p50 $p99 $cpu $frps $fp50 $fp99 $fcpu" >>"$work/pair"
   done
   col() { awk -v c="$1" '{ print $c }' "$work/pair" | median; }
@@ -157,16 +169,26 @@ echo
 # an unwatched file) and only the server's side differs.
 f="$work/body-100.json"
 : >"$work/churn"
+: >"$work/churn.out"
+# with_driver [--idle] -> "req/s p50 p99 cpu" of a run while churn.py runs
+with_driver() {
+  local churn out
+  "${LOAD_CPU[@]}" python3 bench/churn.py "$BASE" "$TOKEN" "$work/overrides.yaml" "${DURATION%s}" "$NODES" "$@" >>"$work/churn.out" &
+  churn=$!
+  out=$(run "$BASE/route/batch?intranet=0" "$f" "$IMROUTE_PID")
+  wait "$churn" || { echo "churn.py $* failed" >&2; exit 1; }
+  echo "$out"
+}
 for r in $(seq 1 "$ROUNDS"); do
   read -r alone _ _ _ <<<"$(run "$BASE/route/batch?intranet=0" "$f" "$IMROUTE_PID")"
-  "${LOAD_CPU[@]}" python3 bench/churn.py "$BASE" "$TOKEN" "$work/overrides.yaml" "${DURATION%s}" "$NODES" --idle >/dev/null &
-  churn=$!
-  read -r quiet _ quiet_p99 quiet_cpu <<<"$(run "$BASE/route/batch?intranet=0" "$f" "$IMROUTE_PID")"
-  wait "$churn"
-  "${LOAD_CPU[@]}" python3 bench/churn.py "$BASE" "$TOKEN" "$work/overrides.yaml" "${DURATION%s}" "$NODES" >"$work/churn.out" &
-  churn=$!
-  read -r busy _ busy_p99 busy_cpu <<<"$(run "$BASE/route/batch?intranet=0" "$f" "$IMROUTE_PID")"
-  wait "$churn"
+  # The control and the churn take turns going first.
+  if ((r % 2)); then
+    read -r quiet _ quiet_p99 quiet_cpu <<<"$(with_driver --idle)"
+    read -r busy _ busy_p99 busy_cpu <<<"$(with_driver)"
+  else
+    read -r busy _ busy_p99 busy_cpu <<<"$(with_driver)"
+    read -r quiet _ quiet_p99 quiet_cpu <<<"$(with_driver --idle)"
+  fi
   echo "$alone $quiet $busy $quiet_p99 $busy_p99 $quiet_cpu $busy_cpu" >>"$work/churn"
 done
 reloads=$(curl -s "$BASE/metrics" | awk '/^imroute_overrides_reloads_total\{result="ok"\}/ {print $2}')
@@ -178,7 +200,9 @@ printf "| %d | %.0f | %.0f | %.0f | **%.3f** (%s) | %.3f (%s) | %.3f → %.3f | 
   "$(awk '{ print $3 / $1 }' "$work/churn" | median)" "$(awk '{ print $3 / $1 }' "$work/churn" | range)" \
   "$(c 4)" "$(c 5)" "$(c 6)" "$(c 7)"
 echo
-echo "churn per round: $(cat "$work/churn.out"); $reloads successful overrides loads in all"
+echo "Each driver, each round:"
+sed 's/^/- /' "$work/churn.out"
+echo "- $reloads successful overrides loads in all"
 
 echo
 echo "## Memory with 1,000 nodes and 10,000 pins"

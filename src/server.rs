@@ -513,22 +513,18 @@ async fn connection(
 ) {
     let _open = OpenGauge::new(&shared.metrics.connections_open);
     let _ = stream.set_nodelay(true);
+    let ends = Ends {
+        local,
+        remote,
+        role,
+    };
     match &shared.tls {
-        None => serve_io(stream, Scheme::HTTP, local, remote, role, &shared, stop).await,
+        None => serve_io(SmallWrites(stream), Scheme::HTTP, ends, &shared, stop).await,
         Some(tls) => {
             let handshake = tls.acceptor().accept(stream);
             match tokio::time::timeout(shared.limits.header_timeout, handshake).await {
                 Ok(Ok(tls_stream)) => {
-                    serve_io(
-                        tls_stream,
-                        Scheme::HTTPS,
-                        local,
-                        remote,
-                        role,
-                        &shared,
-                        stop,
-                    )
-                    .await
+                    serve_io(tls_stream, Scheme::HTTPS, ends, &shared, stop).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %remote, "TLS handshake failed");
@@ -543,12 +539,22 @@ async fn connection(
     }
 }
 
-async fn serve_io<I>(
-    io: I,
-    scheme: Scheme,
+/// A connection's two addresses and the listener's role.
+#[derive(Clone, Copy)]
+struct Ends {
     local: SocketAddr,
     remote: SocketAddr,
     role: Role,
+}
+
+async fn serve_io<I>(
+    io: I,
+    scheme: Scheme,
+    Ends {
+        local,
+        remote,
+        role,
+    }: Ends,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -597,7 +603,7 @@ async fn serve_io<I>(
         // Each stream may buffer a body: few streams per connection.
         .max_concurrent_streams(32)
         .max_header_list_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(SmallWrites(io)), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // Closes a connection whose first request does not arrive within the
     // header timeout (hyper's own clock starts only once it has detected
@@ -669,13 +675,14 @@ async fn serve_io<I>(
 /// buffer instead of handing the kernel several pieces.
 const COALESCE: usize = 4 * 1024;
 
-/// A connection's stream that sends a small vectored write (hyper's response
-/// head and a short body) as one plain write: one `send` of one piece costs
-/// the kernel measurably less than a `writev` of two, and most answers are a
-/// few hundred bytes. Larger writes stay vectored, so a large body is never
-/// copied, and nothing is kept between writes (hyper's own alternative,
-/// flattening, copies every body into a per-connection buffer that keeps
-/// the size of the largest answer).
+/// A plain TCP connection that sends a small vectored write (hyper's
+/// response head and a short body) as one plain write: one `send` of one
+/// piece costs the kernel measurably less than a `writev` of two, and most
+/// answers are a few hundred bytes. Larger writes stay vectored, so a large
+/// body is never copied, and nothing is kept between writes (hyper's own
+/// alternative, flattening, copies every body into a per-connection buffer
+/// that keeps the size of the largest answer). TLS connections do without:
+/// rustls already gathers the pieces into one record.
 struct SmallWrites<I>(I);
 
 impl<I: AsyncRead + Unpin> AsyncRead for SmallWrites<I> {
@@ -709,21 +716,28 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SmallWrites<I> {
                 static ONE: std::cell::RefCell<Vec<u8>> =
                     std::cell::RefCell::new(Vec::with_capacity(COALESCE));
             }
-            return ONE.with_borrow_mut(|one| {
+            let sent = ONE.with(|one| {
+                // Taken only here and released before returning; should a
+                // stream below ever write through this one, it writes as is.
+                let mut one = one.try_borrow_mut().ok()?;
                 one.clear();
                 for b in bufs {
                     one.extend_from_slice(b);
                 }
                 // A partial write counts bytes of the concatenation, as a
-                // vectored write would.
-                std::pin::Pin::new(&mut self.0).poll_write(cx, one)
+                // vectored write would. Pending: nothing was written, and
+                // hyper offers the same pieces again.
+                Some(std::pin::Pin::new(&mut self.0).poll_write(cx, &one))
             });
+            if let Some(sent) = sent {
+                return sent;
+            }
         }
         std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(
@@ -744,6 +758,144 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SmallWrites<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream that takes at most `step` bytes per write and answers
+    /// Pending every other time; it records the bytes, the plain writes and
+    /// the vectored writes of more than one piece.
+    struct Stingy {
+        out: Vec<u8>,
+        step: usize,
+        polls: usize,
+        plain: usize,
+        vectored: usize,
+    }
+
+    impl AsyncRead for Stingy {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Stingy {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.polls += 1;
+            if self.polls % 2 == 1 {
+                return std::task::Poll::Pending;
+            }
+            self.plain += 1;
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.polls += 1;
+            if self.polls % 2 == 1 {
+                return std::task::Poll::Pending;
+            }
+            if bufs.iter().filter(|b| !b.is_empty()).count() > 1 {
+                self.vectored += 1;
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes `pieces` as hyper's queue does (vectored, advancing by what
+    /// each write took, offering the same pieces again after Pending) and
+    /// returns what the stream received and how it was called.
+    fn write_all(pieces: &[Vec<u8>], step: usize) -> (Vec<u8>, usize, usize) {
+        let mut io = SmallWrites(Stingy {
+            out: Vec::new(),
+            step,
+            polls: 0,
+            plain: 0,
+            vectored: 0,
+        });
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let (mut piece, mut at) = (0, 0);
+        while piece < pieces.len() {
+            let slices: Vec<io::IoSlice> = std::iter::once(&pieces[piece][at..])
+                .chain(pieces[piece + 1..].iter().map(|p| &p[..]))
+                .map(io::IoSlice::new)
+                .collect();
+            match std::pin::Pin::new(&mut io).poll_write_vectored(&mut cx, &slices) {
+                std::task::Poll::Pending => continue,
+                std::task::Poll::Ready(n) => {
+                    let mut n = n.unwrap();
+                    assert!(n > 0);
+                    while n > 0 {
+                        let left = pieces[piece].len() - at;
+                        if n >= left {
+                            n -= left;
+                            piece += 1;
+                            at = 0;
+                        } else {
+                            at += n;
+                            n = 0;
+                        }
+                    }
+                }
+            }
+        }
+        (io.0.out, io.0.plain, io.0.vectored)
+    }
+
+    #[test]
+    fn small_writes_send_every_byte_once_in_order() {
+        let head: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+        for body_len in [1usize, 100, COALESCE - 200, COALESCE - 199, 3 * COALESCE] {
+            let body: Vec<u8> = (0..body_len).map(|i| (i * 7 % 251) as u8).collect();
+            let pieces = vec![head.clone(), body.clone(), b"\r\n".to_vec()];
+            let whole: Vec<u8> = pieces.concat();
+            for step in [1usize, 3, 64, 1 << 20] {
+                let (out, plain, vectored) = write_all(&pieces, step);
+                assert_eq!(out, whole, "body {body_len}, step {step}");
+                if whole.len() <= COALESCE {
+                    // Small: plain writes, never several pieces at once.
+                    assert_eq!(vectored, 0, "body {body_len}, step {step}");
+                    assert!(plain > 0);
+                } else {
+                    assert!(vectored > 0, "body {body_len}, step {step}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_connection_cap_fits_the_descriptor_limit() {

@@ -136,7 +136,7 @@ fn parse_simple<'a>(text: &'a str, limits: &Limits, screened: bool) -> Option<Ve
 
 /// False when `s` certainly holds no control character: one branch-free
 /// (vectorised) pass; true only for ASCII controls and texts with U+0080..
-/// U+00FF, which [`has_control`] then checks exactly.
+/// U+00BF (lead byte 0xC2), which [`has_control`] then checks exactly.
 #[inline]
 fn maybe_control(s: &str) -> bool {
     s.bytes()

@@ -1232,4 +1232,36 @@ fn a_batch_of_one_is_answered_as_the_general_path_answers_it() {
             }
         }
     }
+    // Region hints (the hint is the batch's, as one uid's or many).
+    let mut nodes = Vec::new();
+    for (id, region) in [
+        ("eu-1", "eu"),
+        ("eu-2", "eu"),
+        ("us-1", "us"),
+        ("ap-1", "ap"),
+    ] {
+        let mut n = node(id, 100);
+        n.region = Some(region.to_string());
+        nodes.push(n);
+    }
+    let params = json!({"default_region": "eu", "fallback": {"eu": ["us"], "sa": ["ap"]}});
+    let t = table("region", params, nodes.clone());
+    for u in uids(50, "r") {
+        for hint in [None, Some("us"), Some("sa"), Some("nowhere")] {
+            let one = t.route_batch_json(&[&u], hint, false, true, |_, _| {});
+            let twice = t.route_batch_json(&[&u, &u], hint, false, true, |_, _| {});
+            assert_eq!(one, twice, "{u} {hint:?}");
+        }
+    }
+    // No routable node: the same error either way.
+    for n in &mut nodes {
+        n.state = NodeState::Draining;
+    }
+    let t = table("hash", json!({}), nodes);
+    assert!(t
+        .route_batch_json(&["u"], None, false, true, |_, _| {})
+        .is_err());
+    assert!(t
+        .route_batch_json(&["u", "u"], None, false, true, |_, _| {})
+        .is_err());
 }

@@ -66,6 +66,11 @@ async fn hostile_uids_get_400_and_valid_unicode_gets_200() {
         ("raw NUL", b"[\"a\x00b\"]".to_vec(), 400),
         ("newline", br#"["a\nb"]"#.to_vec(), 400),
         ("DEL", "[\"a\u{7f}\"]".as_bytes().to_vec(), 400),
+        // A C1 control (U+0085, bytes C2 85), raw, after a clean uid.
+        ("raw C1", "[\"a\",\"b\u{85}\"]".as_bytes().to_vec(), 400),
+        ("raw C1 alone", b"[\"\xc2\x9f\"]".to_vec(), 400),
+        // U+00A0 shares the lead byte and is not a control.
+        ("no-break space", "[\"a\u{a0}b\"]".as_bytes().to_vec(), 200),
         ("invalid utf-8", b"[\"\xff\xfe\"]".to_vec(), 400),
         ("lone surrogate", br#"["\ud800"]"#.to_vec(), 400),
         (
