@@ -57,8 +57,9 @@ pub fn parse_uids<'a>(body: &'a [u8], limits: &Limits) -> Result<Uids<'a>, ApiEr
     };
     // One vectorised pass over the whole body: without a byte that could
     // start a control character (compact JSON of ASCII uids has none), no
-    // uid needs the per-uid check below.
-    let screened = !maybe_control(text);
+    // uid needs the per-uid check below. Whitespace around the array (a
+    // final newline, most often) holds no uid and is left out.
+    let screened = !maybe_control(text.trim_ascii());
     if let Some(uids) = parse_simple(text, limits, screened) {
         return Ok(Uids::Plain(uids));
     }
@@ -164,8 +165,19 @@ fn quote_or_backslash(b: &[u8]) -> Option<usize> {
 /// U+00BF (lead byte 0xC2), which [`has_control`] then checks exactly.
 #[inline]
 fn maybe_control(s: &str) -> bool {
-    s.bytes()
-        .fold(false, |acc, c| acc | (c < 0x20) | (c == 0x7f) | (c == 0xc2))
+    let suspect = |c: u8| (c < 0x20) | (c == 0x7f) | (c == 0xc2);
+    let b = s.as_bytes();
+    // Whole bodies go through here: 32 byte lanes at a time, marks or-ed
+    // per lane (a shape the compiler turns into vector compares), looked
+    // at once at the end.
+    let mut lanes = [false; 32];
+    let mut chunks = b.chunks_exact(32);
+    for chunk in &mut chunks {
+        for (lane, &c) in lanes.iter_mut().zip(chunk) {
+            *lane |= suspect(c);
+        }
+    }
+    lanes.iter().any(|&l| l) | chunks.remainder().iter().any(|&c| suspect(c))
 }
 
 /// True when `s` holds a control character (Unicode category Cc: U+0000-U+001F,

@@ -69,6 +69,19 @@ async fn hostile_uids_get_400_and_valid_unicode_gets_200() {
         // A C1 control (U+0085, bytes C2 85), raw, after a clean uid.
         ("raw C1", "[\"a\",\"b\u{85}\"]".as_bytes().to_vec(), 400),
         ("raw C1 alone", b"[\"\xc2\x9f\"]".to_vec(), 400),
+        // Whitespace around the array is not screened; what is inside is.
+        ("DEL, final newline", b"[\"a\x7f\"]\n".to_vec(), 400),
+        (
+            "C1, whitespace around",
+            " \r\n[\"a\u{85}\"]\n\t".as_bytes().to_vec(),
+            400,
+        ),
+        (
+            "raw tab in a uid, final newline",
+            b"[\"a\tb\"]\n".to_vec(),
+            400,
+        ),
+        ("final newline", b"[\"a\",\"b\"]\n".to_vec(), 200),
         // U+00A0 shares the lead byte and is not a control.
         ("no-break space", "[\"a\u{a0}b\"]".as_bytes().to_vec(), 200),
         ("invalid utf-8", b"[\"\xff\xfe\"]".to_vec(), 400),
