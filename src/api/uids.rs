@@ -55,12 +55,7 @@ pub fn parse_uids<'a>(body: &'a [u8], limits: &Limits) -> Result<Uids<'a>, ApiEr
             "malformed JSON: the body is not valid UTF-8",
         ));
     };
-    // One vectorised pass over the whole body: without a byte that could
-    // start a control character (compact JSON of ASCII uids has none), no
-    // uid needs the per-uid check below. Whitespace around the array (a
-    // final newline, most often) holds no uid and is left out.
-    let screened = !maybe_control(text.trim_ascii());
-    if let Some(uids) = parse_simple(text, limits, screened) {
+    if let Some(uids) = parse_simple(text, limits, screened(text)) {
         return Ok(Uids::Plain(uids));
     }
     let failure = RefCell::new(None);
@@ -111,7 +106,9 @@ fn parse_simple<'a>(text: &'a str, limits: &Limits, screened: bool) -> Option<Ve
             return None;
         }
         let start = i + 1;
-        let len = quote_or_backslash(&b[start..])?;
+        // No further than a uid may reach: an unterminated or over-long
+        // string is the full parser's to report, after one short look.
+        let len = quote_or_backslash(&b[start..b.len().min(start + limits.max_uid_bytes + 1)])?;
         if b[start + len] != b'"'
             || len == 0
             || len > limits.max_uid_bytes
@@ -133,6 +130,14 @@ fn parse_simple<'a>(text: &'a str, limits: &Limits, screened: bool) -> Option<Ve
             _ => return None,
         }
     }
+}
+
+/// One vectorised pass over a whole body: true when it holds no byte that
+/// could start a control character (compact JSON of ASCII uids has none),
+/// so that no uid needs the per-uid check. Whitespace around the array (a
+/// final newline, most often) holds no uid and is left out.
+fn screened(text: &str) -> bool {
+    !maybe_control(text.trim_ascii())
 }
 
 /// The position of the first `"` or `\` in `b`. Eight bytes at a time in a
@@ -331,6 +336,121 @@ mod tests {
             .map_err(|e| (e.status.as_u16(), e.code, e.msg))
     }
 
+    /// A uid of exactly the longest length, and one past it, at the end of
+    /// the search window: the first is read in the one pass, the second is
+    /// the full parser's to refuse.
+    #[test]
+    fn the_longest_uid_takes_the_simple_path() {
+        let limits = Limits {
+            max_uid_bytes: 5,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            parse_uids(br#"["abcde","x"]"#, &limits),
+            Ok(Uids::Plain(v)) if v == ["abcde", "x"]
+        ));
+        let err = parse_uids(br#"["abcdef"]"#, &limits).err().unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (400, "invalid_uid"));
+    }
+
+    /// The reference: serde_json, then the uid rules one by one.
+    fn reference(body: &[u8], limits: &Limits) -> Option<Vec<String>> {
+        let uids: Vec<String> = serde_json::from_slice(body).ok()?;
+        let ok = uids.len() <= limits.max_batch
+            && uids.iter().all(|u| {
+                !u.is_empty() && u.len() <= limits.max_uid_bytes && !u.chars().any(char::is_control)
+            });
+        ok.then_some(uids)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Arrays of strings assembled from hostile pieces (controls,
+        /// escapes, C1 and neighbouring characters, quotes, broken UTF-8),
+        /// with whitespace and stray tokens around and between them:
+        /// whatever `parse_uids` accepts, the reference accepts with the
+        /// same uids, and the reverse.
+        #[test]
+        fn parse_uids_agrees_with_a_reference_parser(
+            uids in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![
+                    &b"a"[..], b"user-0001", "\u{e9}".as_bytes(), b" ", b"\n", b"\t", b"\r",
+                    b"\x0c", b"\x0b", b"\x00", b"\x01", b"\x1f", b"\x7f", "\u{85}".as_bytes(),
+                    "\u{9f}".as_bytes(), "\u{a0}".as_bytes(), b"\\\\", b"\\\"", b"\\u0001",
+                    b"\\u00e9", b"\\n", b"\"", b",", b"]", b"\xc2", b"\xff", b"\xe2\x80",
+                ]), 0..6),
+                0..5,
+            ),
+            around in proptest::sample::select(vec![
+                &b""[..], b" ", b"\n", b"\t", b"\r\n", b"\x0c", b"\x00", b",", b"]", b"x",
+            ]),
+            between in proptest::sample::select(vec![&b","[..], b" , ", b",\n", b",,", b""]),
+            small in proptest::bool::ANY,
+        ) {
+            let limits = if small {
+                Limits { max_batch: 3, max_uid_bytes: 5, ..Limits::default() }
+            } else {
+                Limits::default()
+            };
+            let mut body = around.to_vec();
+            body.push(b'[');
+            for (i, uid) in uids.iter().enumerate() {
+                if i > 0 {
+                    body.extend_from_slice(between);
+                }
+                body.push(b'"');
+                body.extend(uid.iter().copied().flatten());
+                body.push(b'"');
+            }
+            body.push(b']');
+            body.extend_from_slice(around);
+            let ours = parse_uids(&body, &limits)
+                .ok()
+                .map(|u| match u {
+                    Uids::Plain(v) => v.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                    Uids::Mixed(v) => v.into_iter().map(Cow::into_owned).collect(),
+                });
+            proptest::prop_assert_eq!(ours, reference(&body, &limits), "{:?}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    /// Well-formed batches of random uids (any characters, controls
+    /// included, with whitespace around or between tokens) take the same
+    /// decision as the reference.
+    #[test]
+    fn well_formed_batches_agree_with_the_reference() {
+        use proptest::test_runner::TestRunner;
+        let limits = Limits::default();
+        let mut runner = TestRunner::default();
+        let batch = proptest::collection::vec(
+            proptest::string::string_regex("[a-z0-9\\x00-\\x1f\\x7f-\\xa0é\"\\\\ ]{0,12}").unwrap(),
+            0..8,
+        );
+        let ws = proptest::sample::select(vec!["", " ", "\n", "\t", "\r\n"]);
+        runner
+            .run(&(batch, ws), |(uids, ws)| {
+                let inner = serde_json::to_string(&uids).unwrap();
+                for body in [
+                    inner.clone(),
+                    format!("{ws}{inner}{ws}"),
+                    serde_json::to_string_pretty(&uids).unwrap(),
+                ] {
+                    let ours = parse_uids(body.as_bytes(), &limits).ok().map(|u| match u {
+                        Uids::Plain(v) => v.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                        Uids::Mixed(v) => v.into_iter().map(Cow::into_owned).collect(),
+                    });
+                    proptest::prop_assert_eq!(
+                        ours,
+                        reference(body.as_bytes(), &limits),
+                        "{}",
+                        body
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
     /// The word-at-a-time search finds what a byte loop finds, for every
     /// position of the first hit, bytes around it that are near misses
     /// (0x21, 0x23, 0x5b, 0x5d, 0xa2, 0xdc, 0x00, 0x80, 0xff) and every length.
@@ -449,10 +569,7 @@ mod tests {
             "",
         ];
         // As the caller screens a body, and without the screen.
-        for (case, screened) in cases
-            .iter()
-            .flat_map(|&c| [(c, !maybe_control(c)), (c, false)])
-        {
+        for (case, screened) in cases.iter().flat_map(|&c| [(c, screened(c)), (c, false)]) {
             let simple = parse_simple(case, &limits, screened);
             let full = {
                 let failure = RefCell::new(None);
